@@ -1,0 +1,82 @@
+//! Noticing that a container's process has exited.
+//!
+//! A tap fd holds a reference on the network namespace it was created in, so a forwarder
+//! never sees its container-side tap vanish: it has to watch the container's process.
+//! A pidfd becomes readable when the process exits, and cannot be fooled by PID reuse.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// An open handle on a process that reports its exit.
+pub struct PidWatch {
+    pid: i32,
+    fd: OwnedFd,
+}
+
+impl PidWatch {
+    pub fn open(pid: i32) -> io::Result<PidWatch> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just gave us this fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(PidWatch { pid, fd })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Blocks until the process has exited.
+    pub fn wait(&self) -> io::Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, -1) } >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// The PID in a `/proc/PID/ns/net` path, if it is one.
+pub fn pid_of_netns_path(path: &Path) -> Option<i32> {
+    let mut parts = path.strip_prefix("/proc").ok()?.components();
+    let pid = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    (parts.as_path() == Path::new("ns/net")).then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_from_proc_path() {
+        assert_eq!(pid_of_netns_path(Path::new("/proc/42/ns/net")), Some(42));
+        assert_eq!(pid_of_netns_path(Path::new("/run/netns/c1")), None);
+        assert_eq!(pid_of_netns_path(Path::new("/proc/self/ns/net")), None);
+        assert_eq!(pid_of_netns_path(Path::new("/proc/42/ns/mnt")), None);
+    }
+
+    #[test]
+    fn exit_is_noticed() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap();
+        let watch = PidWatch::open(child.id() as i32).unwrap();
+        child.wait().unwrap(); // reaped: the pidfd still reports the exit
+        watch.wait().unwrap();
+    }
+}

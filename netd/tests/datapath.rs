@@ -1,0 +1,173 @@
+//! Container-to-container traffic through a bubble's bridge, over each data path.
+//! Needs root: every test builds its own namespaces and removes them.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    TapToTap,
+    Socket,
+}
+
+/// Starts the daemon(s) that attach container `n` to the bubble's bridge.
+fn attach(prefix: &str, bubble: &Bubble, c: &Netns, n: u8, method: Method, mtu: u32) -> Vec<Proc> {
+    let bubble_tap = format!("{prefix}{n}");
+    let mtu = mtu.to_string();
+    match method {
+        Method::TapToTap => {
+            let mut cmd = bubble.ns.cmd(DAEMON);
+            cmd.args(["--netns", &c.name, "--bubble-tap", &bubble_tap])
+                .args(["--bridge", &bubble.bridge, "--mtu", &mtu]);
+            vec![Proc::spawn("tap-to-tap daemon", &mut cmd)]
+        }
+        Method::Socket => {
+            let socket = format!("/tmp/{prefix}-{n}.sock");
+            let mut server = bubble.ns.cmd(DAEMON);
+            // The original tool's Go-style flags, as its users wrote them.
+            server
+                .args(["-mode", "server", "-socket", &socket, "-tap", &bubble_tap])
+                .args(["--bridge", &bubble.bridge, "--mtu", &mtu]);
+            let server = Proc::spawn("socket server", &mut server);
+            let mut client = c.cmd(DAEMON);
+            client.args([
+                "--mode", "client", "--socket", &socket, "--tap", "tap0", "--mtu", &mtu,
+            ]);
+            vec![server, Proc::spawn("socket client", &mut client)]
+        }
+    }
+}
+
+fn c2c(method: Method, mtu: u32) {
+    let p = prefix();
+    let bubble = Bubble::new(&p, [198, 18, 7], mtu);
+    let c1 = Netns::new(format!("{p}-c1"));
+    let c2 = Netns::new(format!("{p}-c2"));
+    let mut daemons = attach(&p, &bubble, &c1, 1, method, mtu);
+    daemons.extend(attach(&p, &bubble, &c2, 2, method, mtu));
+    address_container(&c1, "tap0", bubble.addr(2));
+    address_container(&c2, "tap0", bubble.addr(3));
+    assert_eq!(c1.link_json("tap0").unwrap()["mtu"], mtu);
+
+    assert!(
+        c1.ping("198.18.7.3"),
+        "c1 -> c2 ping failed ({method:?}, MTU {mtu})"
+    );
+    assert!(
+        c2.ping("198.18.7.2"),
+        "c2 -> c1 ping failed ({method:?}, MTU {mtu})"
+    );
+    assert!(c1.ping("198.18.7.1"), "c1 -> bubble gateway ping failed");
+    tcp_transfer(&c2, &c1, bubble.addr(3), 8 << 20);
+    tcp_transfer(&c1, &c2, bubble.addr(2), 8 << 20);
+
+    // Clean exit on SIGTERM/SIGINT, and the taps go with the daemons.
+    for (i, d) in daemons.iter_mut().enumerate() {
+        let sig = if i % 2 == 0 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGINT
+        };
+        let (code, err) = d.stop_with(sig);
+        assert_eq!(code, Some(0), "{} exited badly: {err}", d.what);
+    }
+    let left: Vec<_> = bubble
+        .ns
+        .links()
+        .into_iter()
+        .filter(|l| l.starts_with(&p))
+        .collect();
+    assert!(left.is_empty(), "bubble taps left behind: {left:?}");
+    assert!(
+        !c1.has_link("tap0") && !c2.has_link("tap0"),
+        "container tap left behind"
+    );
+    if let Method::Socket = method {
+        for n in 1..=2 {
+            assert!(!std::path::Path::new(&format!("/tmp/{p}-{n}.sock")).exists());
+        }
+    }
+}
+
+#[test]
+fn tap_to_tap_mtu_1500() {
+    c2c(Method::TapToTap, 1500);
+}
+
+#[test]
+fn tap_to_tap_mtu_9000() {
+    c2c(Method::TapToTap, 9000);
+}
+
+#[test]
+fn socket_mode_mtu_1500() {
+    c2c(Method::Socket, 1500);
+}
+
+#[test]
+fn socket_mode_mtu_9000() {
+    c2c(Method::Socket, 9000);
+}
+
+#[test]
+fn server_accepts_a_new_client_after_the_old_one_leaves() {
+    let p = prefix();
+    let bubble = Bubble::new(&p, [198, 18, 8], 1500);
+    let c1 = Netns::new(format!("{p}-c1"));
+    let mut daemons = attach(&p, &bubble, &c1, 1, Method::Socket, 1500);
+    address_container(&c1, "tap0", bubble.addr(2));
+    assert!(c1.ping("198.18.8.1"));
+
+    let (code, _) = daemons[1].stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert!(daemons[0].alive(), "server died when its client left");
+
+    let socket = format!("/tmp/{p}-1.sock");
+    let mut client = c1.cmd(DAEMON);
+    client.args(["-m", "client", "-s", &socket, "-t", "tap0"]);
+    let _client = Proc::spawn("second client", &mut client);
+    address_container(&c1, "tap0", bubble.addr(2));
+    assert!(
+        c1.ping("198.18.8.1"),
+        "no traffic through the second client"
+    );
+}
+
+#[test]
+fn forwarder_exits_with_its_container() {
+    let p = prefix();
+    let bubble = Bubble::new(&p, [198, 18, 9], 1500);
+    // The "container": a process in a network namespace of its own.
+    let mut container = Proc::spawn(
+        "container",
+        Command::new("unshare").args(["--net", "sleep", "300"]),
+    );
+    let netns = format!("/proc/{}/ns/net", container.pid());
+    wait_until("container namespace", Duration::from_secs(5), || {
+        std::fs::read_link(&netns).ok() != std::fs::read_link("/proc/self/ns/net").ok()
+    });
+    let tap = format!("{p}1");
+    let mut daemon = Proc::spawn(
+        "tap-to-tap daemon",
+        bubble
+            .ns
+            .cmd(DAEMON)
+            .args(["--netns", &netns, "--bubble-tap", &tap, "--bridge", "br0"]),
+    );
+    wait_until("bubble tap up", Duration::from_secs(10), || {
+        bubble.ns.link_up(&tap)
+    });
+    container.stop_with(Signal::SIGKILL);
+    let (code, err) = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("container process exited"), "{err}");
+    assert!(
+        !bubble.ns.has_link(&tap),
+        "bubble tap outlived its container"
+    );
+}
