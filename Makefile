@@ -1,0 +1,40 @@
+# hpktainer: build, test, benchmark. `make help` lists the targets.
+SHELL := /bin/bash
+BIN_DIR := bin
+BINARIES := hpk-net-daemon
+CARGO ?= cargo
+
+.PHONY: help deps binaries demo test lint bench clean
+
+help:
+	@echo "make deps      install build/test dependencies (Debian 12, as root)"
+	@echo "make binaries  release binaries into $(BIN_DIR)/"
+	@echo "make demo      deps + binaries + the main job"
+	@echo "make test      deps + every test (needs root: tests build namespaces)"
+	@echo "make lint      cargo fmt --check and clippy -D warnings"
+	@echo "make bench     benchmarks: figures next to a veth pair"
+
+deps:
+	scripts/install-deps.sh
+
+binaries:
+	$(CARGO) build --release --locked $(addprefix --bin ,$(BINARIES))
+	@mkdir -p $(BIN_DIR)
+	@for b in $(BINARIES); do install -m 0755 target/release/$$b $(BIN_DIR)/$$b; done
+
+demo: deps binaries
+	scripts/demo.sh
+
+test: deps lint
+	$(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+bench: binaries
+	scripts/bench/datapath.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BIN_DIR)

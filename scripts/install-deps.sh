@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what hpktainer needs to build, run and test on Debian 12, as root.
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+
+packages=(
+    iproute2 iptables nftables iputils-ping procps util-linux   # kernel networking tools
+    iperf3 jq                                                   # benchmarks and test checks
+    busybox-static runc                                         # nested containers in tests
+    etcd-server etcd-client slirp4netns                         # bubbles and the overlay
+    protobuf-compiler                                           # etcd-client's build
+    build-essential pkg-config ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    cat >&2 <<'MSG'
+cargo not found. hpktainer needs Rust 1.80 or newer (Debian 12's rustc 1.63 is too old):
+install it with rustup (https://rustup.rs) and run this again.
+MSG
+    exit 1
+fi
