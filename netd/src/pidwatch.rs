@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 /// An open handle on a process that reports its exit.
 pub struct PidWatch {
@@ -32,6 +33,16 @@ impl PidWatch {
 
     /// Blocks until the process has exited.
     pub fn wait(&self) -> io::Result<()> {
+        self.poll(-1).map(|_| ())
+    }
+
+    /// Waits up to `timeout`; true when the process has exited.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        self.poll(ms).unwrap_or(false)
+    }
+
+    fn poll(&self, timeout_ms: i32) -> io::Result<bool> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -39,14 +50,20 @@ impl PidWatch {
         };
         loop {
             // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, -1) } >= 0 {
-                return Ok(());
+            let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if rc >= 0 {
+                return Ok(rc > 0);
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
             }
         }
+    }
+
+    /// The pidfd, readable once the process has exited (for an async reactor).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 }
 

@@ -16,7 +16,40 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
+pub mod runc;
+pub mod world;
+
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_hpk-net-daemon");
+pub const NETD: &str = env!("CARGO_BIN_EXE_hpk-netd");
+
+/// A binary of another workspace crate, built next to ours by `cargo test --workspace`.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let path = Path::new(NETD).parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo test --workspace` (or `cargo build --workspace`) so it is built",
+        path.display()
+    );
+    path
+}
+
+/// (device, inode) of a namespace file, which identifies the namespace.
+pub fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// PIDs of the processes whose network namespace is `ns`.
+pub fn pids_in_netns(ns: &Path) -> Vec<i32> {
+    let Some(target) = ns_id(ns) else {
+        return Vec::new();
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| ns_id(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(target))
+        .collect()
+}
 
 /// A short unique prefix: interface names are limited to 15 bytes.
 pub fn prefix() -> String {
@@ -77,6 +110,15 @@ impl Netns {
     pub fn cmd(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// A command in this namespace that keeps the host's /sys (runc needs its cgroups,
+    /// which `ip netns exec` hides by remounting /sys).
+    pub fn nsenter(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg(program);
         cmd
     }
 
@@ -151,10 +193,27 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Whatever still runs in the namespace was started by this test (forwarders of a
+        // test that failed half-way): end it, by PID.
+        for pid in pids_in_netns(&self.path()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Runs `f` on a thread inside the network namespace at `ns`.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let ns = std::fs::File::open(ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
+    std::thread::spawn(move || {
+        setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) and reaped on drop.
@@ -236,8 +295,43 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 /// Sends `bytes` over TCP from `client` to `server_addr` in `server`, and asserts that the
 /// SHA-256 computed by the receiver equals the sender's.
 pub fn tcp_transfer(server: &Netns, client: &Netns, server_addr: Ipv4Addr, bytes: usize) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tcp_stream(&server.path(), &client.path(), server_addr, bytes, done).check();
+}
+
+/// A running checked TCP transfer; see [`tcp_stream`].
+pub struct Transfer {
+    receiver: JoinHandle<(usize, Vec<u8>)>,
+    sender: JoinHandle<(usize, Vec<u8>, Vec<u8>)>,
+}
+
+impl Transfer {
+    /// Waits for both ends and asserts that every byte arrived intact.
+    pub fn check(self) -> usize {
+        let (sent, sent_digest, echoed) = self.sender.join().expect("sender thread");
+        let (received, digest) = self.receiver.join().expect("receiver thread");
+        assert_eq!(received, sent, "receiver got {received} of {sent} bytes");
+        assert_eq!(digest, sent_digest, "checksum differs between ends");
+        assert_eq!(
+            echoed, sent_digest,
+            "receiver's checksum did not come back intact"
+        );
+        sent
+    }
+}
+
+/// Starts sending at least `min_bytes` from the namespace at `client` to `server_addr`
+/// in the namespace at `server`, and keeps sending until `done` is set.
+pub fn tcp_stream(
+    server: &Path,
+    client: &Path,
+    server_addr: Ipv4Addr,
+    min_bytes: usize,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Transfer {
+    use std::sync::atomic::Ordering;
     let (port_tx, port_rx) = mpsc::channel();
-    let receiver = server.spawn(move || {
+    let receiver = spawn_in(server, move || {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         port_tx.send(listener.local_addr().unwrap().port()).unwrap();
         let (mut conn, _) = listener.accept().unwrap();
@@ -259,7 +353,7 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, server_addr: Ipv4Addr, bytes
         (total, digest.to_vec())
     });
     let port = port_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let sender = client.spawn(move || {
+    let sender = spawn_in(client, move || {
         let addr = SocketAddr::from((server_addr, port));
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
@@ -270,27 +364,20 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, server_addr: Ipv4Addr, bytes
         let mut hash = Sha256::new();
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut buf = vec![0u8; 64 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(buf.len());
+        let mut sent = 0;
+        while sent < min_bytes || !done.load(Ordering::SeqCst) {
+            let n = buf.len().min(min_bytes.saturating_sub(sent).max(4096));
             fill(&mut buf[..n], &mut state);
             conn.write_all(&buf[..n]).expect("send");
             hash.update(&buf[..n]);
-            left -= n;
+            sent += n;
         }
         conn.shutdown(Shutdown::Write).unwrap();
         let mut echoed = Vec::new();
         conn.read_to_end(&mut echoed).unwrap();
-        (hash.finalize().to_vec(), echoed)
+        (sent, hash.finalize().to_vec(), echoed)
     });
-    let (sent_digest, echoed) = sender.join().expect("sender thread");
-    let (received, digest) = receiver.join().expect("receiver thread");
-    assert_eq!(received, bytes, "receiver got {received} of {bytes} bytes");
-    assert_eq!(digest, sent_digest, "checksum differs between ends");
-    assert_eq!(
-        echoed, sent_digest,
-        "receiver's checksum did not come back intact"
-    );
+    Transfer { receiver, sender }
 }
 
 /// A bubble namespace with a bridge holding the gateway address of `subnet` (x.y.z.0/24).

@@ -1,0 +1,171 @@
+//! The hook's work: read the OCI state, decide, ask hpk-netd.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use oci_spec::runtime::{Spec, State};
+
+use crate::client::Client;
+use crate::proto::{AttachRequest, Request, Response, ANNOTATION_IP, ANNOTATION_NETWORK};
+
+/// The OCI lifecycle points the hook handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// `createRuntime` (and the deprecated `prestart`): attach the container.
+    Attach,
+    /// `poststop`: detach it.
+    Detach,
+}
+
+/// Parses the state a runtime writes on the hook's stdin.
+pub fn read_state(input: impl Read) -> Result<State> {
+    let mut text = String::new();
+    input
+        .take(crate::proto::MAX_MESSAGE as u64)
+        .read_to_string(&mut text)
+        .context("cannot read the OCI state on stdin")?;
+    if text.trim().is_empty() {
+        bail!(
+            "no OCI state on stdin: hpk-hook runs as an OCI hook, started by the container runtime"
+        );
+    }
+    let state: State = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("the OCI state on stdin is not valid JSON state: {e}"))?;
+    if state.id().is_empty() {
+        bail!("the OCI state on stdin has no container id");
+    }
+    Ok(state)
+}
+
+/// Annotations from the state, or from the bundle's config.json when the runtime left
+/// them out of the state.
+fn annotations(state: &State) -> Result<HashMap<String, String>> {
+    if let Some(a) = state.annotations() {
+        return Ok(a.clone());
+    }
+    if state.bundle().as_os_str().is_empty() {
+        return Ok(HashMap::new());
+    }
+    let config = state.bundle().join("config.json");
+    if !config.exists() {
+        return Ok(HashMap::new());
+    }
+    let spec = Spec::load(&config).with_context(|| format!("cannot read {}", config.display()))?;
+    Ok(spec.annotations().clone().unwrap_or_default())
+}
+
+/// What the container asked for in its annotations.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wish {
+    OptOut,
+    Attach { address: Option<Ipv4Addr> },
+}
+
+pub fn wish(annotations: &HashMap<String, String>) -> Result<Wish> {
+    match annotations.get(ANNOTATION_NETWORK).map(String::as_str) {
+        None | Some("") | Some("hpk") | Some("default") => {}
+        Some("none") => return Ok(Wish::OptOut),
+        Some(other) => bail!("annotation {ANNOTATION_NETWORK}={other:?} is not understood (use \"none\" to opt out, or leave it unset)"),
+    }
+    let address = match annotations.get(ANNOTATION_IP) {
+        None => None,
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| anyhow!("annotation {ANNOTATION_IP}={ip:?} is not an IPv4 address"))?,
+        ),
+    };
+    Ok(Wish::Attach { address })
+}
+
+/// Runs one hook invocation against hpk-netd at `socket`.
+pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
+    let client = Client::new(socket);
+    let id = state.id().clone();
+    match stage {
+        Stage::Attach => {
+            let address = match wish(&annotations(state)?)? {
+                Wish::OptOut => return Ok(()),
+                Wish::Attach { address } => address,
+            };
+            let pid = state.pid().ok_or_else(|| {
+                anyhow!("the OCI state of {id} has no pid: createRuntime needs the container's process (is this hook configured for the right stage?)")
+            })?;
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("container {id}: its process {pid} is gone (the container exited before its network was attached)");
+            }
+            match client.call(&Request::Attach(AttachRequest {
+                id: id.clone(),
+                pid,
+                address,
+            }))? {
+                Response::Attached(_) => Ok(()),
+                Response::Error { message } => bail!("hpk-netd could not attach {id}: {message}"),
+                other => bail!("hpk-netd answered attach with {other:?}"),
+            }
+        }
+        Stage::Detach => match client.call(&Request::Detach { id: id.clone() })? {
+            Response::Detached { .. } => Ok(()),
+            Response::Error { message } => bail!("hpk-netd could not detach {id}: {message}"),
+            other => bail!("hpk-netd answered detach with {other:?}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn annotations_decide() {
+        assert_eq!(wish(&ann(&[])).unwrap(), Wish::Attach { address: None });
+        assert_eq!(
+            wish(&ann(&[(ANNOTATION_NETWORK, "none")])).unwrap(),
+            Wish::OptOut
+        );
+        assert_eq!(
+            wish(&ann(&[(ANNOTATION_IP, "10.244.3.7")])).unwrap(),
+            Wish::Attach {
+                address: Some(Ipv4Addr::new(10, 244, 3, 7))
+            }
+        );
+        assert!(wish(&ann(&[(ANNOTATION_IP, "10.244.3")])).is_err());
+        assert!(wish(&ann(&[(ANNOTATION_NETWORK, "bridge")])).is_err());
+    }
+
+    #[test]
+    fn states_are_checked() {
+        let ok = read_state(
+            &br#"{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":7,"bundle":"/b"}"#[..],
+        )
+        .unwrap();
+        assert_eq!(ok.id(), "c1");
+        assert_eq!(*ok.pid(), Some(7));
+        let no_pid = read_state(
+            &br#"{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/b"}"#[..],
+        )
+        .unwrap();
+        assert_eq!(*no_pid.pid(), None);
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[1,2]",
+            br#"{"ociVersion":"1.0.2","status":"creating"}"#,
+        ] {
+            assert!(
+                read_state(bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! hpk-netd's control protocol: one JSON request line, one JSON response line, per
+//! connection on a UNIX stream socket.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where hpk-netd listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/hpktainer/netd.sock";
+
+/// Environment variable that overrides the socket path for hooks and clients.
+pub const SOCKET_ENV: &str = "HPK_NETD_SOCKET";
+
+/// Largest request or response line accepted.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// Annotation to opt a container out (`none`) of hpktainer networking.
+pub const ANNOTATION_NETWORK: &str = "io.hpktainer.network";
+/// Annotation requesting a static address in the bubble's subnet.
+pub const ANNOTATION_IP: &str = "io.hpktainer.ip";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Attach(AttachRequest),
+    Detach { id: String },
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Container id, as the runtime names it.
+    pub id: String,
+    /// The container's process; its network namespace is `/proc/PID/ns/net`.
+    pub pid: i32,
+    /// A static address, if the container asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Attached(Attachment),
+    Detached { id: String, was_attached: bool },
+    Status(Box<Status>),
+    Error { message: String },
+}
+
+/// What a container got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    /// Tap inside the container.
+    pub tap: String,
+    /// Tap on the bubble's bridge.
+    pub bubble_tap: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Where the subnet came from (`flannel subnet.env at PATH`, `etcd ...`).
+    pub source: String,
+    pub network: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub bridge: String,
+    pub masquerade: bool,
+    pub addresses_in_use: usize,
+    pub addresses_total: usize,
+    pub endpoints: Vec<EndpointStatus>,
+    /// Lease held in etcd, when the built-in agent is the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+    /// Other nodes' subnets this bubble routes to.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub id: String,
+    pub address: Ipv4Addr,
+    pub pid: i32,
+    pub netns: PathBuf,
+    pub bubble_tap: String,
+    pub forwarder_pid: i32,
+    /// Bytes and frames the bubble-side tap sent to and received from the container.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    pub subnet: String,
+    pub public_ip: Ipv4Addr,
+    /// Seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub subnet: String,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let req = Request::Attach(AttachRequest {
+            id: "c1".into(),
+            pid: 42,
+            address: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"op":"attach","id":"c1","pid":42}"#
+        );
+        let det: Request = serde_json::from_str(r#"{"op":"detach","id":"c1"}"#).unwrap();
+        assert_eq!(det, Request::Detach { id: "c1".into() });
+        let err = Response::Error {
+            message: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"result":"error","message":"x"}"#
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The bubble side of the network: the bridge, forwarding, and the firewall rules.
+//! Everything here is idempotent: a restart adopts what is already in place.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use crate::firewall::{Firewall, Rules};
+use crate::netlink::{LinkChange, Netlink};
+use crate::subnet::SubnetEnv;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Turns on IPv4 forwarding in this network namespace.
+pub fn enable_forwarding() -> Result<()> {
+    if std::fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(IP_FORWARD, "1").with_context(|| {
+        format!("cannot enable forwarding ({IP_FORWARD}): needs CAP_NET_ADMIN over this network namespace")
+    })
+}
+
+/// Creates (or adopts) `name` with the gateway address and MTU, and brings it up.
+pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, subnet: Ipv4Net, mtu: u32) -> Result<u32> {
+    let mut nl = Netlink::open()?;
+    let link = match nl.link(name)? {
+        Some(link) => {
+            info!(bridge = name, "adopting existing bridge");
+            link
+        }
+        None => {
+            nl.create_bridge(name)?;
+            nl.link(name)?
+                .with_context(|| format!("bridge {name:?} vanished after creation"))?
+        }
+    };
+    for (addr, len) in nl.ipv4_addresses(link.index)? {
+        let ours = addr == gateway && len == subnet.prefix_len();
+        if !ours {
+            warn!(bridge = name, address = %format!("{addr}/{len}"), "bridge has an address outside this bubble's subnet; leaving it");
+        }
+    }
+    nl.add_ipv4_address(link.index, gateway, subnet.prefix_len())?;
+    nl.set_link(
+        link.index,
+        LinkChange {
+            mtu: Some(mtu),
+            up: true,
+            master: None,
+        },
+    )
+    .with_context(|| format!("cannot set MTU {mtu} and bring {name:?} up"))?;
+    Ok(link.index)
+}
+
+/// Sets up everything the bubble needs before containers attach.
+pub fn prepare(
+    env: &SubnetEnv,
+    bridge: &str,
+    masquerade: bool,
+    firewall: &dyn Firewall,
+) -> Result<()> {
+    enable_forwarding()?;
+    ensure_bridge(bridge, env.gateway, env.subnet, env.mtu)?;
+    firewall.apply(&Rules {
+        prefix: "HPK".into(),
+        subnet: env.subnet,
+        network: env.network,
+        masquerade,
+    })?;
+    info!(
+        bridge,
+        gateway = %env.gateway,
+        subnet = %env.subnet,
+        mtu = env.mtu,
+        masquerade,
+        "bubble network ready"
+    );
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Endpoint records on disk: what a restarted hpk-netd needs to adopt its endpoints.
+//! One JSON file per container under `<state>/endpoints/`, written atomically.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::endpoint::EndpointSpec;
+use crate::forwarder::ProcId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub spec: EndpointSpec,
+    pub forwarder: ProcId,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        let dir = state_dir.join("endpoints");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Store { dir })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Where the forwarder of `id` writes its log.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    pub fn save(&self, record: &Record) -> Result<()> {
+        let path = self.path(&record.spec.id);
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(record)?)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Forgets `id`: its record and its forwarder's log.
+    pub fn remove(&self, id: &str) {
+        for path in [self.path(id), self.log_path(id)] {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(path = %path.display(), error = %e, "cannot remove endpoint file");
+                }
+            }
+        }
+    }
+
+    /// Every readable record; unreadable ones are logged and skipped.
+    pub fn load_all(&self) -> Vec<Record> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| match fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(path = %p.display(), error = %e, "ignoring unreadable endpoint record");
+                    None
+                }
+            })
+            .collect()
+    }
+}
