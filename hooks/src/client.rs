@@ -73,11 +73,15 @@ impl Client {
             .map_err(io_err)?;
         let mut line = serde_json::to_vec(request).expect("requests serialize");
         line.push(b'\n');
-        stream.write_all(&line).map_err(io_err)?;
+        // A server that refuses us may answer and close before our write is done: keep
+        // its answer rather than the broken pipe.
+        let written = stream.write_all(&line);
         let mut answer = Vec::new();
-        BufReader::new(stream.take(MAX_MESSAGE as u64))
-            .read_until(b'\n', &mut answer)
-            .map_err(io_err)?;
+        let read = BufReader::new(stream.take(MAX_MESSAGE as u64)).read_until(b'\n', &mut answer);
+        if answer.is_empty() {
+            written.map_err(io_err)?;
+            read.map_err(io_err)?;
+        }
         if answer.is_empty() {
             return Err(ClientError::BadResponse(
                 "connection closed without an answer".into(),

@@ -38,9 +38,14 @@ async fn handle(
     service: Arc<Service>,
     allowed: &[u32],
 ) -> std::io::Result<()> {
-    let response = match stream.peer_cred() {
-        Ok(cred) if allowed.contains(&cred.uid()) => read_and_dispatch(&mut stream, &service).await,
-        Ok(cred) => {
+    // The request is read in every case, so a refused client gets our answer rather than
+    // a broken pipe on its write.
+    let request = read_request(&mut stream).await;
+    let response = match (stream.peer_cred(), request) {
+        (Err(e), _) => Response::Error {
+            message: format!("cannot identify the peer: {e}"),
+        },
+        (Ok(cred), _) if !allowed.contains(&cred.uid()) => {
             warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control peer");
             Response::Error {
                 message: format!(
@@ -49,9 +54,8 @@ async fn handle(
                 ),
             }
         }
-        Err(e) => Response::Error {
-            message: format!("cannot identify the peer: {e}"),
-        },
+        (Ok(_), Ok(request)) => dispatch(request, &service).await,
+        (Ok(_), Err(message)) => Response::Error { message },
     };
     let mut line = serde_json::to_vec(&response).expect("responses serialize");
     line.push(b'\n');
@@ -59,30 +63,19 @@ async fn handle(
     stream.shutdown().await
 }
 
-async fn read_and_dispatch(stream: &mut UnixStream, service: &Arc<Service>) -> Response {
+/// Reads one request line; the error is the message to send back.
+async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream.take(MAX_MESSAGE as u64));
     match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => {
-            return Response::Error {
-                message: format!("no request within {REQUEST_TIMEOUT:?}"),
-            }
-        }
-        Ok(Err(e)) => {
-            return Response::Error {
-                message: format!("cannot read the request: {e}"),
-            }
-        }
+        Err(_) => return Err(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
         Ok(Ok(_)) => {}
     }
-    let request: Request = match serde_json::from_slice(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            return Response::Error {
-                message: format!("malformed request: {e}"),
-            }
-        }
-    };
+    serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))
+}
+
+async fn dispatch(request: Request, service: &Arc<Service>) -> Response {
     let failed = |e: anyhow::Error| Response::Error {
         message: format!("{e:#}"),
     };

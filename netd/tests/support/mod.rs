@@ -103,6 +103,13 @@ impl Netns {
         ns
     }
 
+    /// Names the network namespace of `pid` (`ip netns attach`), for inspection.
+    pub fn attach(name: impl Into<String>, pid: i32) -> Netns {
+        let name = name.into();
+        run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]));
+        Netns { name }
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }

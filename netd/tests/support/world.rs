@@ -138,6 +138,8 @@ pub struct Netd {
     pub proc: Proc,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// How to enter a rootless bubble (`nsenter -t PID -U -n -m`); empty: ask directly.
+    pub enter: Vec<String>,
 }
 
 impl Netd {
@@ -157,30 +159,61 @@ impl Netd {
 
     /// Starts hpk-netd (log in `dir/netd.log`) and waits until it answers.
     pub fn start(bubble: &Netns, dir: &Path, extra: &[&str]) -> Netd {
+        Self::start_with(Self::command(bubble, dir, extra), dir, Vec::new())
+    }
+
+    /// Starts hpk-netd inside a rootless bubble: `enter` is the command that enters it.
+    pub fn start_rootless(enter: Vec<String>, dir: &Path) -> Netd {
+        let mut cmd = std::process::Command::new(&enter[0]);
+        cmd.args(&enter[1..]).arg(NETD).arg("run");
+        cmd.arg("--state-dir").arg(dir.join("state"));
+        cmd.arg("--socket").arg(dir.join("netd.sock"));
+        cmd.arg("--subnet-file").arg(dir.join("subnet.env"));
+        Self::start_with(cmd, dir, enter)
+    }
+
+    fn start_with(mut cmd: std::process::Command, dir: &Path, enter: Vec<String>) -> Netd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("netd.log"))
             .unwrap();
-        let mut cmd = Self::command(bubble, dir, extra);
         let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let proc = Proc {
-            child,
-            what: "hpk-netd".into(),
-        };
         let netd = Netd {
-            proc,
+            proc: Proc {
+                child,
+                what: "hpk-netd".into(),
+            },
             dir: dir.to_owned(),
             socket: dir.join("netd.sock"),
+            enter,
         };
         wait_until("hpk-netd to answer", Duration::from_secs(20), || {
-            Client::new(&netd.socket).call(&Request::Status).is_ok()
+            netd.try_status().is_some()
         });
         netd
+    }
+
+    fn try_status(&self) -> Option<Status> {
+        if self.enter.is_empty() {
+            return match Client::new(&self.socket).call(&Request::Status).ok()? {
+                Response::Status(s) => Some(*s),
+                _ => None,
+            };
+        }
+        // Our uid is not mapped in a rootless bubble: ask from inside, as its root.
+        let out = std::process::Command::new(&self.enter[0])
+            .args(&self.enter[1..])
+            .arg(NETD)
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     pub fn log(&self) -> String {
@@ -188,10 +221,7 @@ impl Netd {
     }
 
     pub fn status(&self) -> Status {
-        match Client::new(&self.socket).call(&Request::Status).unwrap() {
-            Response::Status(s) => *s,
-            other => panic!("status answered {other:?}"),
-        }
+        self.try_status().expect("hpk-netd answers status")
     }
 
     /// Asserts that no endpoint, address, record or forwarder is left.

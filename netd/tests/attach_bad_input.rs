@@ -1,0 +1,320 @@
+//! Hooks and hpk-netd facing bad input: each case gets its clear error, a non-zero exit
+//! where it should, and leaves nothing behind.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::runc::{bundle, rootfs, BundleSpec, Runc};
+use support::world::{subnet_env, Netd, Scratch};
+use support::*;
+
+fn hook() -> std::path::PathBuf {
+    sibling_binary("hpk-hook")
+}
+
+/// Runs the hook with `state` on stdin; returns (exit code, stderr).
+fn run_hook(cmd: &mut Command, state: &str) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn hook_fails(stage: &str, socket: &Path, state: &str, expect: &str) {
+    let (code, err) = run_hook(
+        Command::new(hook()).args([stage, "--socket"]).arg(socket),
+        state,
+    );
+    assert_eq!(code, Some(1), "expected failure for {expect:?}: {err}");
+    assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one line for the user: {err:?}"
+    );
+}
+
+fn state(id: &str, pid: Option<i32>) -> String {
+    match pid {
+        Some(pid) => format!(
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":{pid},"bundle":"/nonexistent"}}"#
+        ),
+        None => format!(
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"stopped","bundle":"/nonexistent"}}"#
+        ),
+    }
+}
+
+/// A bubble with hpk-netd on `subnet`, `extra` flags added.
+fn bubble(subnet: &str, extra: &[&str]) -> (Scratch, Netns, Netd) {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let ns = Netns::new(format!("{p}-b"));
+    std::fs::write(
+        scratch.0.join("subnet.env"),
+        subnet_env(subnet, 1450, false),
+    )
+    .unwrap();
+    let netd = Netd::start(&ns, &scratch.0, extra);
+    (scratch, ns, netd)
+}
+
+#[test]
+fn malformed_state_and_missing_pid() {
+    let (_s, _ns, netd) = bubble("10.244.3.1/24", &[]);
+    hook_fails(
+        "createRuntime",
+        &netd.socket,
+        "{\"id\": ",
+        "not valid JSON state",
+    );
+    hook_fails("createRuntime", &netd.socket, "", "no OCI state on stdin");
+    hook_fails(
+        "createRuntime",
+        &netd.socket,
+        r#"{"ociVersion":"1.0.2","status":"creating"}"#,
+        "no container id",
+    );
+    hook_fails(
+        "createRuntime",
+        &netd.socket,
+        &state("c1", None),
+        "has no pid",
+    );
+    assert!(netd.status().endpoints.is_empty());
+}
+
+#[test]
+fn pid_that_no_longer_exists() {
+    let (_s, _ns, netd) = bubble("10.244.3.1/24", &[]);
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id() as i32;
+    gone.wait().unwrap();
+    hook_fails(
+        "createRuntime",
+        &netd.socket,
+        &state("c1", Some(pid)),
+        "is gone",
+    );
+    assert_eq!(netd.status().addresses_in_use, 0);
+}
+
+#[test]
+fn container_sharing_the_bubble_namespace() {
+    let (_s, ns, netd) = bubble("10.244.3.1/24", &[]);
+    let mut same = Proc::spawn("sleeper in the bubble", ns.nsenter("sleep").arg("60"));
+    hook_fails(
+        "createRuntime",
+        &netd.socket,
+        &state("c1", Some(same.pid())),
+        "shares the bubble's network namespace",
+    );
+    assert_eq!(netd.status().addresses_in_use, 0);
+    same.stop_with(nix::sys::signal::Signal::SIGKILL);
+}
+
+#[test]
+fn netd_down() {
+    let p = prefix();
+    let socket = std::env::temp_dir().join(format!("{p}-nobody.sock"));
+    hook_fails(
+        "createRuntime",
+        &socket,
+        &state("c1", Some(1)),
+        "hpk-netd is not running: no socket at",
+    );
+    hook_fails(
+        "poststop",
+        &socket,
+        &state("c1", None),
+        "hpk-netd is not running",
+    );
+    // A stale socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    hook_fails(
+        "poststop",
+        &socket,
+        &state("c1", None),
+        "nothing listens on",
+    );
+    std::fs::remove_file(&socket).unwrap();
+}
+
+#[test]
+fn detach_of_an_unknown_container_succeeds() {
+    let (_s, _ns, netd) = bubble("10.244.3.1/24", &[]);
+    let (code, err) = run_hook(
+        Command::new(hook())
+            .args(["poststop", "--socket"])
+            .arg(&netd.socket),
+        &state("never-attached", None),
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn exhausted_pool_fails_the_start_and_leaks_nothing() {
+    let (s, ns, netd) = bubble("10.244.3.1/29", &[]);
+    rootfs(&s.0);
+    let b = bundle(
+        &s.0,
+        "sleeper",
+        &BundleSpec {
+            args: &["sleep", "600"],
+            socket: &netd.socket,
+            annotations: &[],
+            rootless: false,
+            no_hooks: false,
+        },
+    );
+    let runc = Runc::new(&ns, &s.0);
+    let full: Vec<_> = (0..5)
+        .map(|i| runc.run(&format!("fill-{i}"), &b).expect("fits"))
+        .collect();
+    let links_before = ns.links();
+    let err = runc
+        .run("one-too-many", &b)
+        .expect_err("the sixth container must not start");
+    assert!(
+        err.contains("subnet 10.244.3.0/29 has no free address (5 in use)"),
+        "{err}"
+    );
+    assert_eq!(ns.links(), links_before, "the failed attach left a link");
+    let status = netd.status();
+    assert_eq!((status.endpoints.len(), status.addresses_in_use), (5, 5));
+    let fw: Vec<_> = status.endpoints.iter().map(|e| e.forwarder_pid).collect();
+    for c in &full {
+        c.stop();
+    }
+    netd.assert_empty(&ns, &fw);
+}
+
+#[test]
+fn garbled_subnet_env_stops_netd_with_the_line() {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let ns = Netns::new(format!("{p}-b"));
+    std::fs::write(
+        scratch.0.join("subnet.env"),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=fourteen-fifty\n",
+    )
+    .unwrap();
+    let out = Netd::command(&ns, &scratch.0, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("subnet.env line 3: bad MTU"), "{err}");
+    assert_eq!(
+        ns.links(),
+        ["lo"],
+        "netd set up a bridge from a garbled file"
+    );
+    assert!(!scratch.0.join("netd.sock").exists());
+}
+
+#[test]
+fn bad_config_file_is_explained() {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let ns = Netns::new(format!("{p}-b"));
+    let config = scratch.0.join("netd.toml");
+    std::fs::write(
+        &config,
+        "bridge = \"hpk-bridge\"\nmasquerade = \"sometimes\"\n",
+    )
+    .unwrap();
+    let out = Netd::command(&ns, &scratch.0, &["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("netd.toml") && err.contains("sometimes"),
+        "{err}"
+    );
+    assert_eq!(ns.links(), ["lo"]);
+}
+
+#[test]
+fn netd_waits_for_flanneld_to_write_the_subnet_file() {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let ns = Netns::new(format!("{p}-b"));
+    let log = scratch.0.join("netd.log");
+    let mut netd = Proc {
+        child: Netd::command(&ns, &scratch.0, &[])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        what: "hpk-netd".into(),
+    };
+    wait_until("netd to say it waits", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("waiting for flanneld to write its subnet file")
+    });
+    assert!(netd.alive() && !ns.has_link("hpk-bridge"));
+    std::fs::write(
+        scratch.0.join("subnet.env"),
+        subnet_env("10.244.9.1/24", 1450, true),
+    )
+    .unwrap();
+    wait_until("the bridge", Duration::from_secs(10), || {
+        ns.link_up("hpk-bridge")
+    });
+    let (code, _) = netd.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn peers_without_permission_are_refused() {
+    // Socket open to everyone, so the SO_PEERCRED check itself is what refuses.
+    let (_s, _ns, netd) = bubble("10.244.3.1/24", &["--socket-mode", "0666"]);
+    let (code, err) = run_hook(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(hook())
+            .args(["poststop", "--socket"])
+            .arg(&netd.socket),
+        &state("c1", None),
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("permission denied: uid 65534 may not use hpk-netd"),
+        "{err}"
+    );
+
+    // With the default mode the socket itself refuses.
+    let (_s2, _ns2, strict) = bubble("10.244.3.1/24", &[]);
+    std::fs::set_permissions(
+        &strict.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (code, err) = run_hook(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(hook())
+            .args(["poststop", "--socket"])
+            .arg(&strict.socket),
+        &state("c1", None),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("permission denied on"), "{err}");
+}

@@ -1,0 +1,135 @@
+//! A rootless bubble, as on a cluster node: an unprivileged user's user+net+mount
+//! namespace with slirp4netns as its uplink, hpk-netd as the bubble's root, and
+//! `runc spec --rootless` containers with our hooks.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::runc::{bundle, rootfs, BundleSpec, Runc};
+use support::world::{echo_from, subnet_env, Netd, Scratch, World};
+use support::*;
+
+/// The unprivileged user that owns the bubble.
+const USER: u32 = 65534;
+
+#[test]
+fn rootless_bubble_attaches_and_reaches_the_outside() {
+    // These machines ship /dev/net/tun as 0600; distributions ship 0666, which is what
+    // rootless taps (ours and slirp4netns's) rely on. This test sets the usual mode.
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let dir = scratch.0.clone();
+    let mut world = World::new(&p);
+    let (host, host_addr) = world.host("h");
+    std::fs::write(
+        dir.join("subnet.env"),
+        subnet_env("10.244.5.1/24", 1450, false),
+    )
+    .unwrap();
+    rootfs(&dir);
+    let socket = dir.join("netd.sock");
+    let b = bundle(
+        &dir,
+        "rootless",
+        &BundleSpec {
+            args: &["sleep", "600"],
+            socket: &socket,
+            annotations: &[],
+            rootless: true,
+            no_hooks: false,
+        },
+    );
+    run(std::process::Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&dir));
+
+    // The bubble: the unprivileged user's namespaces, kept open by a sleeping process.
+    let bubble_proc = Proc::spawn(
+        "bubble",
+        host.nsenter("setpriv")
+            .args([
+                &format!("--reuid={USER}"),
+                &format!("--regid={USER}"),
+                "--clear-groups",
+            ])
+            .args([
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--net",
+                "--mount",
+                "sleep",
+                "600",
+            ]),
+    );
+    let pid = bubble_proc.pid();
+    // `unshare` execs `sleep` only once the namespaces exist.
+    wait_until("bubble namespaces", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    let bubble = Netns::attach(format!("{p}-bubble"), pid);
+    // slirp4netns in the host namespace gives the bubble tap0 and NAT, as on a node.
+    let _slirp = Proc::spawn(
+        "slirp4netns",
+        host.nsenter("slirp4netns").args([
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            &pid.to_string(),
+            "tap0",
+        ]),
+    );
+    wait_until("slirp4netns tap0", Duration::from_secs(10), || {
+        bubble.link_up("tap0")
+    });
+
+    let enter: Vec<String> = ["nsenter", "-t", &pid.to_string(), "-U", "-n", "-m"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let netd = Netd::start_rootless(enter.clone(), &dir);
+    let mut runc = Runc::new(&bubble, &dir);
+    runc.prefix = enter;
+
+    let c1 = runc.run("rl1", &b).expect("rootless container 1 starts");
+    let c2 = runc.run("rl2", &b).expect("rootless container 2 starts");
+    let status = netd.status();
+    let addr = |id: &str| {
+        status
+            .endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap()
+            .address
+    };
+    let (a1, a2) = (addr("rl1"), addr("rl2"));
+    assert_ne!(a1, a2);
+    assert!(
+        c1.ping(&a2.to_string()) && c2.ping(&a1.to_string()),
+        "containers cannot reach each other"
+    );
+    tcp_stream(
+        &c2.netns(),
+        &c1.netns(),
+        a2,
+        4 << 20,
+        Arc::new(AtomicBool::new(true)),
+    )
+    .check();
+    // Out through the bubble's masquerade and slirp4netns: the world sees the host.
+    assert_eq!(echo_from(&c1.netns(), b"rootless hello"), b"rootless hello");
+    let seen = world.echo_peers.lock().unwrap().last().unwrap().ip();
+    assert_eq!(seen, host_addr, "the outside saw {seen}, not the host");
+    assert_ne!(seen, a1);
+
+    let fw: Vec<_> = status.endpoints.iter().map(|e| e.forwarder_pid).collect();
+    c1.stop();
+    c2.stop();
+    netd.assert_empty(&bubble, &fw);
+}
