@@ -1,7 +1,7 @@
 # hpktainer: build, test, benchmark. `make help` lists the targets.
 SHELL := /bin/bash
 BIN_DIR := bin
-BINARIES := hpk-net-daemon
+BINARIES := hpk-netd hpk-net-daemon hpk-hook
 CARGO ?= cargo
 
 .PHONY: help deps binaries demo test lint bench clean
@@ -18,7 +18,7 @@ deps:
 	scripts/install-deps.sh
 
 binaries:
-	$(CARGO) build --release --locked $(addprefix --bin ,$(BINARIES))
+	$(CARGO) build --release --locked --workspace --bins
 	@mkdir -p $(BIN_DIR)
 	@for b in $(BINARIES); do install -m 0755 target/release/$$b $(BIN_DIR)/$$b; done
 
@@ -34,6 +34,7 @@ lint:
 
 bench: binaries
 	scripts/bench/datapath.sh
+	scripts/bench/hooks.sh
 
 clean:
 	$(CARGO) clean

@@ -87,7 +87,6 @@ async fn dispatch(request: Request, service: &Arc<Service>) -> Response {
         Request::Detach { id } => {
             service
                 .detach(&id, "requested")
-                .await
                 .map_or_else(failed, |was_attached| Response::Detached {
                     id,
                     was_attached,

@@ -138,6 +138,22 @@ impl Service {
 
     pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<Attachment> {
         validate_id(&req.id)?;
+        loop {
+            let leaving = {
+                let slots = self.slots.lock().unwrap();
+                match slots.get(&req.id) {
+                    Some(Slot::Leaving { done, .. }) => Some(done.clone()),
+                    _ => None,
+                }
+            };
+            // A previous container of this id is still being torn down: wait for it.
+            match leaving {
+                Some(mut done) => {
+                    let _ = done.wait_for(|gone| *gone).await;
+                }
+                None => break,
+            }
+        }
         {
             let mut slots = self.slots.lock().unwrap();
             match slots.get(&req.id) {
@@ -151,7 +167,7 @@ impl Service {
                 ),
                 Some(Slot::Busy) => bail!("container {} is being attached right now", req.id),
                 Some(Slot::Leaving { .. }) => bail!(
-                    "container id {} is being detached right now; retry when it is gone",
+                    "container id {} is being detached by another request; retry",
                     req.id
                 ),
                 None => {
@@ -235,26 +251,28 @@ impl Service {
     }
 
     /// Detaches `id`; an unknown id is a success. Returns whether it was attached.
-    /// Returns once the endpoint is gone, also when another caller is tearing it down.
-    pub async fn detach(self: &Arc<Self>, id: &str, why: &str) -> Result<bool> {
+    /// Takes `id` out of service and tears it down in the background: the kernel needs
+    /// tens of milliseconds to remove the taps, and a poststop hook should not wait for
+    /// that. The address is released only once the taps are gone. Returns whether this
+    /// call detached it (an unknown id, or one already leaving, is a success too).
+    pub fn detach(self: &Arc<Self>, id: &str, why: &str) -> Result<bool> {
         validate_id(id)?;
         let (record, done) = match self.take(id)? {
-            None => return Ok(false),
-            Some(Err(mut under_way)) => {
-                let _ = under_way.wait_for(|gone| *gone).await;
-                return Ok(false);
-            }
+            None | Some(Err(_)) => return Ok(false),
             Some(Ok(taken)) => taken,
         };
         let svc = self.clone();
-        let r = record.clone();
-        let result = tokio::task::spawn_blocking(move || svc.teardown(&r))
-            .await
-            .context("detach task failed");
-        self.slots.lock().unwrap().remove(id);
-        let _ = done.send(true);
-        result?;
-        info!(id, address = %record.spec.address, why, "detached");
+        let (id, why) = (id.to_owned(), why.to_owned());
+        tokio::spawn(async move {
+            let r = record.clone();
+            let s = svc.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || s.teardown(&r)).await {
+                error!(id, error = %e, "teardown task failed");
+            }
+            svc.slots.lock().unwrap().remove(&id);
+            let _ = done.send(true);
+            info!(id, address = %record.spec.address, why, "detached");
+        });
         Ok(true)
     }
 
@@ -266,7 +284,7 @@ impl Service {
             start: record.spec.pid_start,
         };
         let Some(container_fd) = container.watch().and_then(exit_notifier) else {
-            let _ = self.detach(&id, "container process is gone").await;
+            let _ = self.detach(&id, "container process is gone");
             return;
         };
         let mut restarts = 0;
@@ -275,7 +293,7 @@ impl Service {
             tokio::select! {
                 _ = stop.notified() => return,
                 _ = container_fd.readable() => {
-                    let _ = self.detach(&id, "container exited (no poststop seen)").await;
+                    let _ = self.detach(&id, "container exited (no poststop seen)");
                     return;
                 }
                 _ = async {
@@ -287,7 +305,7 @@ impl Service {
             }
             forwarder::reap(record.forwarder.pid);
             if !container.alive() {
-                let _ = self.detach(&id, "container exited").await;
+                let _ = self.detach(&id, "container exited");
                 return;
             }
             restarts += 1;
@@ -296,7 +314,7 @@ impl Service {
                     id,
                     restarts, "forwarder keeps dying; giving the endpoint up (see its log)"
                 );
-                let _ = self.detach(&id, "forwarder keeps dying").await;
+                let _ = self.detach(&id, "forwarder keeps dying");
                 return;
             }
             warn!(
@@ -311,7 +329,7 @@ impl Service {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
                     error!(id, error = %format!("{e:#}"), "cannot restart the forwarder");
-                    let _ = self.detach(&id, "forwarder could not be restarted").await;
+                    let _ = self.detach(&id, "forwarder could not be restarted");
                     return;
                 }
                 Err(_) => return,

@@ -224,8 +224,14 @@ impl Netd {
         self.try_status().expect("hpk-netd answers status")
     }
 
-    /// Asserts that no endpoint, address, record or forwarder is left.
+    /// Asserts that no endpoint, address, record or forwarder is left, once the
+    /// background teardowns that detaches start have finished.
     pub fn assert_empty(&self, bubble: &Netns, forwarders: &[i32]) {
+        wait_until(
+            "detached endpoints to be torn down",
+            Duration::from_secs(10),
+            || self.status().endpoints.is_empty(),
+        );
         let status = self.status();
         assert!(
             status.endpoints.is_empty(),
