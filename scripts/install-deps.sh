@@ -8,7 +8,7 @@ packages=(
     iperf3 jq                                                   # benchmarks and test checks
     busybox-static runc                                         # nested containers in tests
     etcd-server etcd-client slirp4netns                         # bubbles and the overlay
-    protobuf-compiler                                           # etcd-client's build
+    protobuf-compiler libprotobuf-dev                           # etcd-client's build
     build-essential pkg-config ca-certificates
 )
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
-use crate::firewall::{Firewall, Rules};
+use crate::firewall::{bubble_chains, Firewall};
 use crate::netlink::{LinkChange, Netlink};
 use crate::subnet::SubnetEnv;
 
@@ -65,12 +65,7 @@ pub fn prepare(
 ) -> Result<()> {
     enable_forwarding()?;
     ensure_bridge(bridge, env.gateway, env.subnet, env.mtu)?;
-    firewall.apply(&Rules {
-        prefix: "HPK".into(),
-        subnet: env.subnet,
-        network: env.network,
-        masquerade,
-    })?;
+    firewall.apply(&bubble_chains(env.subnet, env.network, masquerade))?;
     info!(
         bridge,
         gateway = %env.gateway,

@@ -36,14 +36,93 @@ pub enum SourceKind {
     /// A real flanneld writes subnet.env; hpk-netd reads it.
     #[default]
     Flannel,
+    /// hpk-netd's own flannel-compatible agent over etcd (writes subnet.env itself).
+    Etcd,
+}
+
+/// The built-in agent's settings (`[subnet.etcd]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Address other nodes send vxlan to; empty: the uplink's address.
+    pub public_ip: String,
+    /// Uplink, by name or address; empty: the default route's interface.
+    pub interface: String,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    /// Lease time to live, seconds (flanneld: 24 h).
+    pub lease_ttl: u64,
+    /// Install flanneld's --ip-masq rules (and say so in subnet.env).
+    pub ip_masq: bool,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: crate::flannel::lease::DEFAULT_PREFIX.into(),
+            public_ip: String::new(),
+            interface: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            lease_ttl: 86400,
+            ip_masq: true,
+        }
+    }
+}
+
+impl EtcdConfig {
+    /// The agent's settings; `subnet_file` is where it writes subnet.env.
+    pub fn agent(&self, subnet_file: &Path) -> Result<crate::flannel::agent::AgentConfig> {
+        let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        if self.endpoints.is_empty() {
+            bail!("subnet.etcd.endpoints is empty");
+        }
+        if self.lease_ttl < 3 {
+            bail!(
+                "subnet.etcd.lease_ttl {} is too short (3 s at least)",
+                self.lease_ttl
+            );
+        }
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            bail!("subnet.etcd.cert_file and key_file go together");
+        }
+        if !self.cert_file.is_empty() && self.ca_file.is_empty() {
+            bail!("subnet.etcd.cert_file needs ca_file (TLS)");
+        }
+        Ok(crate::flannel::agent::AgentConfig {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            public_ip: match self.public_ip.as_str() {
+                "" => None,
+                ip => {
+                    Some(ip.parse().map_err(|_| {
+                        anyhow!("subnet.etcd.public_ip {ip:?} is not an IPv4 address")
+                    })?)
+                }
+            },
+            interface: (!self.interface.is_empty()).then(|| self.interface.clone()),
+            ca_file: opt(&self.ca_file),
+            cert_file: opt(&self.cert_file),
+            key_file: opt(&self.key_file),
+            lease_ttl: std::time::Duration::from_secs(self.lease_ttl),
+            ip_masq: self.ip_masq,
+            subnet_file: subnet_file.to_path_buf(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SubnetConfig {
     pub source: SourceKind,
-    /// flanneld's subnet file.
+    /// flannel's subnet file: read (source flannel) or written (source etcd).
     pub subnet_file: PathBuf,
+    pub etcd: EtcdConfig,
 }
 
 impl Default for SubnetConfig {
@@ -51,6 +130,7 @@ impl Default for SubnetConfig {
         SubnetConfig {
             source: SourceKind::Flannel,
             subnet_file: PathBuf::from("/run/flannel/subnet.env"),
+            etcd: EtcdConfig::default(),
         }
     }
 }
@@ -123,6 +203,9 @@ impl Config {
         validate_ifname(&self.bridge).context("bridge")?;
         validate_ifname(&self.container_tap).context("container_tap")?;
         self.socket_mode_bits()?;
+        if self.subnet.source == SourceKind::Etcd {
+            self.subnet.etcd.agent(&self.subnet.subnet_file)?;
+        }
         if self.allowed_uids.is_empty() {
             bail!("allowed_uids is empty: nobody could use the control socket");
         }

@@ -1,7 +1,7 @@
 //! hpk-netd: the network side of an hpktainer bubble.
 //!
-//! Two programs share this crate. `hpk-netd` owns a bubble's network: its subnet (from
-//! flannel), the bridge, NAT, addresses, and each container's endpoint. `hpk-net-daemon`
+//! Two programs share this crate. `hpk-netd` owns a bubble's network: its subnet (from a
+//! real flanneld, or its own flannel-compatible agent over etcd), the bridge, NAT, addresses, and each container's endpoint. `hpk-net-daemon`
 //! is the per-container data path: taps with the virtio-net header, tap-to-tap
 //! forwarding, and the original tool's socket framing.
 
@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod endpoint;
 pub mod firewall;
+pub mod flannel;
 pub mod forward;
 pub mod forwarder;
 pub mod framing;

@@ -221,6 +221,35 @@ impl Netlink {
         self.request(msg, flags).map(|_| ())
     }
 
+    /// A request with no flags beyond REQUEST|ACK, for other modules' messages.
+    pub(crate) fn request_raw(
+        &mut self,
+        msg: RouteNetlinkMessage,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.request(msg, 0)
+    }
+
+    /// The link of the IPv4 default route in the main table, if there is one.
+    pub fn default_route_link(&mut self) -> Result<Option<u32>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let replies = self
+            .request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)
+            .context("cannot list routes")?;
+        Ok(replies.into_iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewRoute(route)
+                if route.header.destination_prefix_length == 0
+                    && route.header.table == libc::RT_TABLE_MAIN =>
+            {
+                route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
+    }
+
     /// Every link in this namespace.
     pub fn links(&mut self) -> Result<Vec<LinkSummary>> {
         let replies = self
@@ -335,7 +364,11 @@ impl Netlink {
 
     /// Removes the route `dest/prefix_len` out of link `index`; a missing route is fine.
     pub fn delete_ipv4_route(&mut self, dest: Ipv4Addr, prefix_len: u8, index: u32) -> Result<()> {
-        let msg = ipv4_route(dest, prefix_len, None, index, false);
+        let mut msg = ipv4_route(dest, prefix_len, None, index, false);
+        // Match the route whatever its scope, protocol and type, as `ip route del` does.
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.kind = RouteType::Unspec;
         match self.execute(RouteNetlinkMessage::DelRoute(msg), 0) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             other => other.with_context(|| format!("cannot remove route to {dest}/{prefix_len}")),

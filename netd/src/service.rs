@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hpk_hook::proto::{AttachRequest, Attachment, EndpointStatus, Status};
+use hpk_hook::proto::{AttachRequest, Attachment, EndpointStatus, LeaseStatus, PeerStatus, Status};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use crate::endpoint::{self, bubble_tap_name, netns_of, validate_id, EndpointSpec};
+use crate::flannel::agent::SharedOverlay;
 use crate::forwarder::{self, ProcId};
 use crate::ipam::Ipam;
 use crate::netlink::Netlink;
@@ -52,6 +53,8 @@ pub struct Settings {
     pub container_tap: String,
     pub masquerade: bool,
     pub net_daemon: PathBuf,
+    /// The etcd agent's lease and peers, when it is the source.
+    pub overlay: Option<SharedOverlay>,
 }
 
 pub struct Service {
@@ -443,6 +446,30 @@ impl Service {
             })
             .collect();
         endpoints.sort_by_key(|e| e.address);
+        let (lease, peers) = match &self.settings.overlay {
+            None => (None, Vec::new()),
+            Some(overlay) => {
+                let o = overlay.lock().unwrap();
+                let lease = o
+                    .subnet
+                    .zip(o.public_ip)
+                    .map(|(subnet, public_ip)| LeaseStatus {
+                        subnet: subnet.to_string(),
+                        public_ip,
+                        expires: o.expires,
+                    });
+                let peers = o
+                    .peers
+                    .values()
+                    .map(|p| PeerStatus {
+                        subnet: p.subnet.to_string(),
+                        public_ip: p.public_ip,
+                        vtep_mac: crate::flannel::lease::format_mac(p.vtep_mac),
+                    })
+                    .collect();
+                (lease, peers)
+            }
+        };
         Status {
             source: self.settings.source.clone(),
             network: env.network.to_string(),
@@ -454,8 +481,8 @@ impl Service {
             addresses_in_use: self.ipam.in_use().len(),
             addresses_total: self.ipam.capacity(),
             endpoints,
-            lease: None,
-            peers: Vec::new(),
+            lease,
+            peers,
         }
     }
 }

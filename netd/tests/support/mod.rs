@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
+pub mod etcd;
 pub mod runc;
 pub mod world;
 

@@ -1,0 +1,589 @@
+//! The built-in flannel-compatible agent: hosts on a LAN, a real etcd, real vxlan, runc
+//! containers on each host reaching each other, and a lease written as flanneld would.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::etcd::Etcd;
+use support::runc::{bundle, rootfs, BundleSpec, Container, Runc};
+use support::world::{Netd, Scratch, World};
+use support::*;
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const PREFIX: &str = "/coreos.com/network";
+
+struct Host {
+    name: String,
+    ns: Netns,
+    addr: Ipv4Addr,
+    dir: PathBuf,
+    netd: Option<Netd>,
+    runc: Runc,
+    bundle: PathBuf,
+}
+
+impl Host {
+    fn start_netd(&mut self, etcd: &Etcd, extra: &[&str]) {
+        let mut args = vec![
+            "--subnet-source",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.url,
+            "--iface",
+            "eth0",
+        ];
+        args.extend_from_slice(extra);
+        self.netd = Some(Netd::start(&self.ns, &self.dir, &args));
+    }
+
+    fn netd(&self) -> &Netd {
+        self.netd.as_ref().expect("netd runs")
+    }
+
+    fn subnet(&self) -> String {
+        self.netd().status().subnet
+    }
+
+    fn container(&self, id: &str) -> (Container, Ipv4Addr) {
+        let c = self
+            .runc
+            .run(id, &self.bundle)
+            .unwrap_or_else(|e| panic!("{id} on {}: {e}", self.name));
+        let addr = self
+            .netd()
+            .status()
+            .endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap()
+            .address;
+        (c, addr)
+    }
+
+    /// Whether this host has a route for `subnet` through flannel.1.
+    fn routes_to(&self, subnet: &str) -> bool {
+        let out = self.ns.ip(&["route", "show", subnet]);
+        String::from_utf8_lossy(&out.stdout).contains("dev flannel.1")
+    }
+
+    fn neighbours(&self) -> String {
+        let out = self.ns.ip(&["neigh", "show", "dev", "flannel.1"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+// Fields drop in order: hosts (netd, containers) before etcd, the world, the scratch dir.
+struct Cluster {
+    hosts: Vec<Host>,
+    etcd: Etcd,
+    _world: World,
+    scratch: Scratch,
+}
+
+/// `n` hosts on the LAN, etcd on the first, the network config written.
+fn cluster(n: usize) -> Cluster {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let mut world = World::new(&p);
+    rootfs(&scratch.0);
+    let mut hosts = Vec::new();
+    for i in 1..=n {
+        let name = format!("h{i}");
+        let (ns, addr) = world.host(&name);
+        let dir = scratch.0.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = bundle(
+            &scratch.0,
+            &format!("{name}-bundle"),
+            &BundleSpec {
+                args: &["sleep", "600"],
+                socket: &dir.join("netd.sock"),
+                annotations: &[],
+                rootless: false,
+                no_hooks: false,
+            },
+        );
+        let runc = Runc::new(&ns, &dir);
+        hosts.push(Host {
+            name,
+            ns,
+            addr,
+            dir,
+            netd: None,
+            runc,
+            bundle,
+        });
+    }
+    let etcd = Etcd::start(&hosts[0].ns, hosts[0].addr, &scratch.0);
+    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    Cluster {
+        hosts,
+        etcd,
+        _world: world,
+        scratch,
+    }
+}
+
+fn ping(c: &Container, addr: Ipv4Addr) -> bool {
+    c.ping(&addr.to_string())
+}
+
+#[test]
+fn containers_on_three_hosts_reach_each_other() {
+    let mut cl = cluster(3);
+    for h in &mut cl.hosts {
+        h.start_netd(&cl.etcd, &[]);
+    }
+    let subnets: Vec<String> = cl.hosts.iter().map(Host::subnet).collect();
+    assert!(
+        subnets[0] != subnets[1] && subnets[1] != subnets[2] && subnets[0] != subnets[2],
+        "{subnets:?}"
+    );
+    let cs: Vec<(Container, Ipv4Addr)> = cl
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.container(&format!("c{i}")))
+        .collect();
+    for (i, (c, _)) in cs.iter().enumerate() {
+        for (j, (_, addr)) in cs.iter().enumerate() {
+            if i != j {
+                wait_until(
+                    &format!("c{i} to reach c{j} at {addr}"),
+                    Duration::from_secs(10),
+                    || ping(c, *addr),
+                );
+            }
+        }
+    }
+    tcp_stream(
+        &cs[2].0.netns(),
+        &cs[0].0.netns(),
+        cs[2].1,
+        8 << 20,
+        Arc::new(AtomicBool::new(true)),
+    )
+    .check();
+
+    // The keys are what flanneld writes: one per host, byte for byte in its format.
+    let leases = cl.etcd.get_prefix(&format!("{PREFIX}/subnets/"));
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    for h in &cl.hosts {
+        let key = format!("{PREFIX}/subnets/{}", h.subnet().replace('/', "-"));
+        let (_, value) = leases
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no {key} in {leases:?}"));
+        let mac = h.ns.link_json("flannel.1").unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            *value,
+            format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
+                h.addr
+            )
+        );
+        assert_eq!(mac, mac.to_lowercase());
+        // flannel.1 as flanneld makes it: VNI 1, port 8472, learning off, MTU 1500 - 50.
+        let dev = h.ns.link_json("flannel.1").unwrap();
+        assert_eq!(dev["mtu"], 1450);
+        let details =
+            String::from_utf8_lossy(&h.ns.ip(&["-d", "link", "show", "flannel.1"]).stdout)
+                .into_owned();
+        assert!(
+            details.contains("vxlan id 1")
+                && details.contains("dstport 8472")
+                && details.contains("nolearning"),
+            "{details}"
+        );
+        let env = std::fs::read_to_string(h.dir.join("subnet.env")).unwrap();
+        assert!(
+            env.starts_with("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.")
+                && env.contains("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+            "{env}"
+        );
+        let status = h.netd().status();
+        assert_eq!(status.peers.len(), 2, "{:?}", status.peers);
+        assert_eq!(status.lease.unwrap().public_ip, h.addr);
+    }
+}
+
+/// Sets up `ns` the way a real flanneld node would be: flannel.1, its lease in etcd with a
+/// TTL, a pod bridge, and routes to the other leases; returns the bridge's address.
+fn flanneld_fixture(etcd: &Etcd, ns: &Netns, addr: Ipv4Addr) -> Ipv4Addr {
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &addr.to_string(),
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
+    ns.ip(&["addr", "add", "10.244.200.0/32", "dev", "flannel.1"]);
+    ns.ip(&["link", "add", "cni0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.244.200.1/24", "dev", "cni0"]);
+    ns.ip(&["link", "set", "cni0", "up"]);
+    let mac = ns.link_json("flannel.1").unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grant = etcd.ctl(&["lease", "grant", "600"]);
+    let lease_id = String::from_utf8_lossy(&grant.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let value = format!(
+        r#"{{"PublicIP":"{addr}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    );
+    let out = etcd.ctl(&[
+        "put",
+        "--lease",
+        &lease_id,
+        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        &value,
+    ]);
+    assert!(out.status.success());
+    // What flanneld does for every other lease, parsed with flanneld's field names.
+    for (key, value) in etcd.get_prefix(&format!("{PREFIX}/subnets/")) {
+        let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
+        if subnet == "10.244.200.0/24" {
+            continue;
+        }
+        let lease: serde_json::Value =
+            serde_json::from_str(&value).expect("our lease is JSON flanneld reads");
+        assert_eq!(lease["BackendType"], "vxlan");
+        assert!(lease["PublicIPv6"].is_null());
+        let (public, vtep_mac) = (
+            lease["PublicIP"].as_str().unwrap(),
+            lease["BackendData"]["VtepMAC"].as_str().unwrap(),
+        );
+        assert_eq!(lease["BackendData"]["VNI"], 1);
+        let vtep = subnet.split('/').next().unwrap();
+        ns.ip(&[
+            "neigh",
+            "replace",
+            vtep,
+            "lladdr",
+            vtep_mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ]);
+        run(Command::new("bridge").args([
+            "-n",
+            &ns.name,
+            "fdb",
+            "replace",
+            vtep_mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            public,
+            "self",
+            "permanent",
+        ]));
+        ns.ip(&[
+            "route",
+            "replace",
+            &subnet,
+            "via",
+            vtep,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ]);
+    }
+    Ipv4Addr::new(10, 244, 200, 1)
+}
+
+#[test]
+fn coexists_with_a_flanneld_node() {
+    let mut cl = cluster(2);
+    cl.hosts[0].start_netd(&cl.etcd, &[]);
+    let (c, _) = cl.hosts[0].container("ours");
+    let fixture = flanneld_fixture(&cl.etcd, &cl.hosts[1].ns, cl.hosts[1].addr);
+    wait_until(
+        "a route to the flanneld node",
+        Duration::from_secs(10),
+        || cl.hosts[0].routes_to("10.244.200.0/24"),
+    );
+    assert!(
+        ping(&c, fixture),
+        "our container cannot reach the flanneld node's pod bridge"
+    );
+}
+
+#[test]
+fn leaving_hosts_are_forgotten_and_a_restart_keeps_the_subnet() {
+    let mut cl = cluster(3);
+    cl.hosts[0].start_netd(&cl.etcd, &[]);
+    cl.hosts[1].start_netd(&cl.etcd, &[]);
+    cl.hosts[2].start_netd(&cl.etcd, &["--etcd-lease-ttl", "4"]);
+    let (s1, s2) = (cl.hosts[1].subnet(), cl.hosts[2].subnet());
+    let h0 = &cl.hosts[0];
+    wait_until("routes to both peers", Duration::from_secs(10), || {
+        h0.routes_to(&s1) && h0.routes_to(&s2)
+    });
+
+    // h1 leaves: its netd is gone and its lease is deleted.
+    cl.hosts[1]
+        .netd
+        .as_mut()
+        .unwrap()
+        .proc
+        .stop_with(Signal::SIGKILL);
+    let out = cl
+        .etcd
+        .ctl(&["del", &format!("{PREFIX}/subnets/{}", s1.replace('/', "-"))]);
+    assert!(out.status.success());
+    let h0 = &cl.hosts[0];
+    wait_until("h1's route to go", Duration::from_secs(10), || {
+        !h0.routes_to(&s1)
+    });
+    let vtep1 = s1.split('/').next().unwrap();
+    assert!(
+        !h0.neighbours().contains(vtep1),
+        "neighbour left: {}",
+        h0.neighbours()
+    );
+
+    // h2 dies without a word: its short lease expires, and the others notice.
+    cl.hosts[2]
+        .netd
+        .as_mut()
+        .unwrap()
+        .proc
+        .stop_with(Signal::SIGKILL);
+    let h0 = &cl.hosts[0];
+    wait_until(
+        "h2's lease to expire and its route to go",
+        Duration::from_secs(20),
+        || !h0.routes_to(&s2),
+    );
+    let fdb = String::from_utf8_lossy(
+        &run(Command::new("bridge").args(["-n", &h0.ns.name, "fdb", "show", "dev", "flannel.1"]))
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !fdb.contains(&cl.hosts[2].addr.to_string()),
+        "fdb entry left: {fdb}"
+    );
+
+    // A restarted netd keeps its subnet.
+    let before = cl.hosts[0].subnet();
+    cl.hosts[0]
+        .netd
+        .as_mut()
+        .unwrap()
+        .proc
+        .stop_with(Signal::SIGTERM);
+    let etcd = &cl.etcd;
+    cl.hosts[0].start_netd(etcd, &[]);
+    assert_eq!(cl.hosts[0].subnet(), before);
+    assert_eq!(cl.etcd.get_prefix(&format!("{PREFIX}/subnets/")).len(), 1);
+}
+
+#[test]
+fn garbled_values_change_nothing_for_valid_peers() {
+    let mut cl = cluster(2);
+    for h in &mut cl.hosts {
+        h.start_netd(&cl.etcd, &[]);
+    }
+    let (c0, _) = cl.hosts[0].container("g0");
+    let (_c1, a1) = cl.hosts[1].container("g1");
+    wait_until("c0 to reach c1", Duration::from_secs(10), || ping(&c0, a1));
+    // Garbage under subnets/, at subnets no host holds.
+    let taken: Vec<String> = cl.hosts.iter().map(Host::subnet).collect();
+    let free: Vec<String> = (200..255)
+        .map(|n| format!("10.244.{n}.0/24"))
+        .filter(|s| !taken.contains(s))
+        .take(2)
+        .collect();
+    let key = |s: &str| format!("{PREFIX}/subnets/{}", s.replace('/', "-"));
+    cl.etcd.put(&key(&free[0]), "{not json");
+    cl.etcd.put(&key(&free[1]), r#"{"PublicIP":"192.0.2.99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"nope"}}"#);
+    cl.etcd.put(&format!("{PREFIX}/subnets/garbage"), "x");
+    let s1 = cl.hosts[1].subnet();
+    let h0 = &cl.hosts[0];
+    wait_until("the garbage to be seen", Duration::from_secs(10), || {
+        h0.netd().log().contains("ignoring a garbled lease")
+    });
+    assert!(h0.routes_to(&s1), "a valid peer's route was dropped");
+    assert!(!h0.routes_to(&free[0]) && !h0.routes_to(&free[1]));
+    assert!(ping(&c0, a1), "traffic to a valid peer stopped");
+    assert_eq!(h0.netd().status().peers.len(), 1);
+}
+
+#[test]
+fn etcd_outage_keeps_traffic_and_later_joins_are_learned() {
+    let mut cl = cluster(3);
+    cl.hosts[0].start_netd(&cl.etcd, &[]);
+    cl.hosts[1].start_netd(&cl.etcd, &[]);
+    let (c0, _) = cl.hosts[0].container("o0");
+    let (c1, a1) = cl.hosts[1].container("o1");
+    wait_until("c0 to reach c1", Duration::from_secs(10), || ping(&c0, a1));
+
+    cl.etcd.stop();
+    assert!(ping(&c0, a1), "cross-host traffic stopped with etcd");
+    tcp_stream(
+        &c1.netns(),
+        &c0.netns(),
+        a1,
+        4 << 20,
+        Arc::new(AtomicBool::new(true)),
+    )
+    .check();
+    let h0 = &cl.hosts[0];
+    wait_until("netd to notice the outage", Duration::from_secs(20), || {
+        h0.netd().log().contains("etcd unreachable")
+    });
+    assert!(ping(&c0, a1), "traffic stopped during the outage");
+
+    cl.etcd.restart();
+    let etcd = &cl.etcd;
+    cl.hosts[2].start_netd(etcd, &[]);
+    let (_c2, a2) = cl.hosts[2].container("o2");
+    let s2 = cl.hosts[2].subnet();
+    let h0 = &cl.hosts[0];
+    wait_until("h0 to learn the new host", Duration::from_secs(20), || {
+        h0.routes_to(&s2)
+    });
+    wait_until(
+        "c0 to reach the new host's container",
+        Duration::from_secs(10),
+        || ping(&c0, a2),
+    );
+    let _ = &cl.scratch;
+}
+
+/// hpk-netd started with its etcd source, its log in `dir/netd.log`.
+fn netd_proc(h: &Host, url: &str) -> Proc {
+    let log = std::fs::File::create(h.dir.join("netd.log")).unwrap();
+    let child = Netd::command(
+        &h.ns,
+        &h.dir,
+        &[
+            "--subnet-source",
+            "etcd",
+            "--etcd-endpoints",
+            url,
+            "--iface",
+            "eth0",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    Proc {
+        child,
+        what: "hpk-netd".into(),
+    }
+}
+
+fn log_says(h: &Host, text: &str) -> bool {
+    std::fs::read_to_string(h.dir.join("netd.log"))
+        .unwrap_or_default()
+        .contains(text)
+}
+
+#[test]
+fn netd_waits_for_etcd_and_for_the_network_config() {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let mut world = World::new(&p);
+    let (ns, addr) = world.host("h1");
+    let dir = scratch.0.join("h1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let h = Host {
+        name: "h1".into(),
+        runc: Runc::new(&ns, &dir),
+        ns,
+        addr,
+        dir,
+        netd: None,
+        bundle: PathBuf::new(),
+    };
+    let url = format!("http://{addr}:2379");
+    let mut netd = netd_proc(&h, &url);
+    wait_until(
+        "netd to say etcd is unreachable",
+        Duration::from_secs(10),
+        || log_says(&h, "etcd is not reachable") && log_says(&h, &url),
+    );
+    let etcd = Etcd::start(&h.ns, addr, &scratch.0);
+    wait_until(
+        "netd to wait for the config",
+        Duration::from_secs(20),
+        || log_says(&h, "waiting for the network config"),
+    );
+    assert!(!h.ns.has_link("flannel.1"));
+    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    wait_until("the overlay", Duration::from_secs(20), || {
+        log_says(&h, "overlay ready") && h.ns.link_up("hpk-bridge")
+    });
+    let (code, _) = netd.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn invalid_network_config_is_explained() {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let mut world = World::new(&p);
+    let (ns, addr) = world.host("h1");
+    let dir = scratch.0.join("h1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let h = Host {
+        name: "h1".into(),
+        runc: Runc::new(&ns, &dir),
+        ns,
+        addr,
+        dir,
+        netd: None,
+        bundle: PathBuf::new(),
+    };
+    let etcd = Etcd::start(&h.ns, addr, &scratch.0);
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16"}"#,
+    );
+    let mut netd = netd_proc(&h, &etcd.url);
+    let (code, _) = netd.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1));
+    assert!(
+        log_says(&h, "etcd key /coreos.com/network/config is invalid"),
+        "{}",
+        std::fs::read_to_string(h.dir.join("netd.log")).unwrap()
+    );
+    assert!(log_says(&h, "flanneld's default when Backend is absent"));
+    assert!(
+        !h.ns.has_link("flannel.1") && !h.ns.has_link("hpk-bridge"),
+        "an invalid config left devices"
+    );
+    assert!(
+        etcd.get_prefix(&format!("{PREFIX}/subnets/")).is_empty(),
+        "an invalid config took a lease"
+    );
+}
