@@ -23,7 +23,7 @@ binaries:
 	@for b in $(BINARIES); do install -m 0755 target/release/$$b $(BIN_DIR)/$$b; done
 
 demo: deps binaries
-	scripts/demo.sh
+	scripts/sim-cluster.sh
 
 test: deps lint
 	$(CARGO) test --workspace --locked
@@ -35,6 +35,7 @@ lint:
 bench: binaries
 	scripts/bench/datapath.sh
 	scripts/bench/hooks.sh
+	scripts/bench/overlay.sh
 
 clean:
 	$(CARGO) clean

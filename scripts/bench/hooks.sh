@@ -44,7 +44,7 @@ ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN{printf "%.2f", (b-a)/1e6}'; }
 ip netns add "$bubble"
 ip -n "$bubble" link set lo up
 printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n' >"$dir/subnet.env"
-in_bubble "$netd" run --state-dir "$dir/state" --socket "$dir/netd.sock" --subnet-file "$dir/subnet.env" >/dev/null 2>"$dir/netd.log" &
+nsenter --net="/run/netns/$bubble" "$netd" run --state-dir "$dir/state" --socket "$dir/netd.sock" --subnet-file "$dir/subnet.env" >/dev/null 2>"$dir/netd.log" &
 pids+=($!)
 wait_for "hpk-netd" test -S "$dir/netd.sock"
 

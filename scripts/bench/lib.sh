@@ -1,4 +1,6 @@
-# Helpers shared by the benchmark scripts (sourced, not run).
+# Helpers shared by the benchmark and demo scripts (sourced, not run).
+# Start daemons in the background with `nsenter ... &` directly, never through a shell
+# function: `$!` would then be the function's subshell, and the daemon would outlive cleanup.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
