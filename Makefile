@@ -26,7 +26,9 @@ demo: deps binaries
 	scripts/sim-cluster.sh
 
 test: deps lint
-	$(CARGO) test --workspace --locked
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace --all-targets --locked 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check

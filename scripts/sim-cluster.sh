@@ -19,12 +19,8 @@ while getopts "n:k" opt; do
     esac
 done
 
-netd=$(bench_binary hpk-netd)
-hook=$(bench_binary hpk-hook)
-bench_binary hpk-net-daemon >/dev/null
-
-p=hs$(printf '%04x' $((RANDOM)))
-dir=$(mktemp -d "/tmp/$p.XXXX")
+hpk_binaries
+scratch hs
 pids=()
 cleanup() {
     for h in $(seq "$hosts"); do

@@ -508,8 +508,8 @@ fn log_says(h: &Host, text: &str) -> bool {
         .contains(text)
 }
 
-#[test]
-fn netd_waits_for_etcd_and_for_the_network_config() {
+/// One host on the LAN with no etcd, no config and no netd yet.
+fn lone_host() -> (Scratch, World, Host) {
     let p = prefix();
     let scratch = Scratch::new(&p);
     let mut world = World::new(&p);
@@ -525,14 +525,20 @@ fn netd_waits_for_etcd_and_for_the_network_config() {
         netd: None,
         bundle: PathBuf::new(),
     };
-    let url = format!("http://{addr}:2379");
+    (scratch, world, h)
+}
+
+#[test]
+fn netd_waits_for_etcd_and_for_the_network_config() {
+    let (scratch, _world, h) = lone_host();
+    let url = format!("http://{}:2379", h.addr);
     let mut netd = netd_proc(&h, &url);
     wait_until(
         "netd to say etcd is unreachable",
         Duration::from_secs(10),
         || log_says(&h, "etcd is not reachable") && log_says(&h, &url),
     );
-    let etcd = Etcd::start(&h.ns, addr, &scratch.0);
+    let etcd = Etcd::start(&h.ns, h.addr, &scratch.0);
     wait_until(
         "netd to wait for the config",
         Duration::from_secs(20),
@@ -549,22 +555,8 @@ fn netd_waits_for_etcd_and_for_the_network_config() {
 
 #[test]
 fn invalid_network_config_is_explained() {
-    let p = prefix();
-    let scratch = Scratch::new(&p);
-    let mut world = World::new(&p);
-    let (ns, addr) = world.host("h1");
-    let dir = scratch.0.join("h1");
-    std::fs::create_dir_all(&dir).unwrap();
-    let h = Host {
-        name: "h1".into(),
-        runc: Runc::new(&ns, &dir),
-        ns,
-        addr,
-        dir,
-        netd: None,
-        bundle: PathBuf::new(),
-    };
-    let etcd = Etcd::start(&h.ns, addr, &scratch.0);
+    let (scratch, _world, h) = lone_host();
+    let etcd = Etcd::start(&h.ns, h.addr, &scratch.0);
     etcd.put(
         &format!("{PREFIX}/config"),
         r#"{"Network":"10.244.0.0/16"}"#,

@@ -19,12 +19,8 @@ while getopts "n:t:" opt; do
     esac
 done
 
-netd=$(bench_binary hpk-netd)
-hook=$(bench_binary hpk-hook)
-bench_binary hpk-net-daemon >/dev/null
-
-p=hk$(printf '%04x' $((RANDOM)))
-dir=$(mktemp -d "/tmp/$p.XXXX")
+hpk_binaries
+scratch hk
 bubble=$p-b
 pids=()
 cleanup() {

@@ -51,3 +51,16 @@ daemon_memory() {
     done
     echo "$rss $priv"
 }
+
+# hpk_binaries: sets $netd and $hook to the release binaries and checks the forwarder.
+hpk_binaries() {
+    netd=$(bench_binary hpk-netd)
+    hook=$(bench_binary hpk-hook)
+    bench_binary hpk-net-daemon >/dev/null
+}
+
+# scratch PREFIX: sets $p (a unique name prefix) and $dir (a new scratch directory).
+scratch() {
+    p=$1$(printf '%04x' $((RANDOM)))
+    dir=$(mktemp -d "/tmp/$p.XXXX")
+}

@@ -19,12 +19,8 @@ while getopts "t:n:" opt; do
     esac
 done
 
-netd=$(bench_binary hpk-netd)
-hook=$(bench_binary hpk-hook)
-bench_binary hpk-net-daemon >/dev/null
-
-p=ho$(printf '%04x' $((RANDOM)))
-dir=$(mktemp -d "/tmp/$p.XXXX")
+hpk_binaries
+scratch ho
 pids=()
 cleanup() {
     for h in 1 2; do nsenter --net="/run/netns/$p-h$h" runc --root "$dir/h$h/runc" delete --force c$h >/dev/null 2>&1 || true; done
