@@ -5,6 +5,8 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -175,6 +177,28 @@ impl Firewall for Iptables {
                     iptables(&args).is_ok_and(|o| o.status.success())
                 })
         })
+    }
+}
+
+/// How often firewall rules are checked and restored.
+const RULE_CHECK: Duration = Duration::from_secs(5);
+
+/// Checks `chains` every few seconds and restores them when something removed them.
+pub async fn keep(firewall: Arc<dyn Firewall>, chains: Vec<Chain>) {
+    let mut tick = tokio::time::interval(RULE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (fw, c) = (firewall.clone(), chains.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if !fw.intact(&c) {
+                match fw.apply(&c) {
+                    Ok(()) => tracing::warn!(chains = ?c.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "firewall rules were missing; restored them"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot restore firewall rules"),
+                }
+            }
+        })
+        .await;
     }
 }
 

@@ -269,3 +269,46 @@ fn annotations_opt_out_and_request_an_address() {
     c.stop();
     s.netd.assert_empty(&s.bubble, &fw);
 }
+
+#[test]
+fn flushed_firewall_rules_are_restored() {
+    let s = setup("10.244.3.1/24");
+    let check = |table: &str, args: &[&str]| {
+        s.bubble
+            .cmd("iptables")
+            .args(["-w", "-t", table, "-C"])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let masq = [
+        "HPK-POSTRTG",
+        "-s",
+        "10.244.3.0/24",
+        "!",
+        "-d",
+        "224.0.0.0/4",
+        "-j",
+        "MASQUERADE",
+        "--random-fully",
+    ];
+    assert!(check("nat", &masq) && check("filter", &["FORWARD", "-j", "HPK-FWD"]));
+    run(s
+        .bubble
+        .cmd("iptables")
+        .args(["-w", "-t", "nat", "-F", "HPK-POSTRTG"]));
+    run(s
+        .bubble
+        .cmd("iptables")
+        .args(["-w", "-t", "filter", "-D", "FORWARD", "-j", "HPK-FWD"]));
+    assert!(!check("nat", &masq));
+    wait_until("the rules to come back", Duration::from_secs(15), || {
+        check("nat", &masq) && check("filter", &["FORWARD", "-j", "HPK-FWD"])
+    });
+    assert!(s
+        .netd
+        .log()
+        .contains("firewall rules were missing; restored them"));
+}

@@ -94,7 +94,6 @@ struct Agent {
     /// When our lease must be renewed.
     renew_at: tokio::time::Instant,
     overlay: SharedOverlay,
-    firewall: Arc<dyn Firewall>,
 }
 
 async fn connect(cfg: &AgentConfig) -> Result<Client> {
@@ -456,19 +455,6 @@ impl Agent {
                     self.recreate_own().await;
                 }
             }
-            // Keep flanneld's periodic rule check: restore rules someone flushed.
-            if self.cfg.ip_masq {
-                let chains = flannel_chains(self.subnet, self.net.network);
-                let fw = self.firewall.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if !fw.intact(&chains) {
-                        if let Err(e) = fw.apply(&chains) {
-                            warn!(error = %format!("{e:#}"), "cannot restore firewall rules");
-                        }
-                    }
-                })
-                .await;
-            }
         }
     }
 }
@@ -581,15 +567,18 @@ impl SubnetSource for EtcdSource {
                 value,
                 renew_at: tokio::time::Instant::now(),
                 overlay: self.overlay.clone(),
-                firewall: self.firewall.clone(),
             };
             let (peers, revision) = Self::acquire_lease(&mut agent).await?;
             let (dev, subnet) = (agent.device.clone(), agent.subnet);
             tokio::task::spawn_blocking(move || vxlan::set_device_address(&dev, subnet)).await??;
             agent.converge(peers).await;
             if self.cfg.ip_masq {
-                let (fw, chains) = (self.firewall.clone(), flannel_chains(subnet, net.network));
-                tokio::task::spawn_blocking(move || fw.apply(&chains)).await??;
+                let chains = flannel_chains(subnet, net.network);
+                let fw = self.firewall.clone();
+                let c = chains.clone();
+                tokio::task::spawn_blocking(move || fw.apply(&c)).await??;
+                // Like flanneld, put the rules back if someone flushes them.
+                tokio::spawn(crate::firewall::keep(self.firewall.clone(), chains));
             }
             let gateway = subnet.hosts().next().expect("subnets have hosts");
             let env = SubnetEnv {
