@@ -579,3 +579,27 @@ fn invalid_network_config_is_explained() {
         "an invalid config took a lease"
     );
 }
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let (scratch, _world, mut h) = lone_host();
+    let tls = support::etcd::Tls::generate(&scratch.0, h.addr);
+    let etcd = Etcd::start_tls(&h.ns, h.addr, &scratch.0, tls.clone());
+    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (ca, cert, key) = (path(&tls.ca), path(&tls.client_cert), path(&tls.client_key));
+    h.start_netd(
+        &etcd,
+        &[
+            "--etcd-ca-file",
+            &ca,
+            "--etcd-cert-file",
+            &cert,
+            "--etcd-key-file",
+            &key,
+        ],
+    );
+    let lease = h.netd().status().lease.expect("a lease over TLS");
+    assert_eq!(lease.public_ip, h.addr);
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).len(), 1);
+}

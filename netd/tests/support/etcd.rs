@@ -12,17 +12,72 @@ pub struct Etcd {
     ns: PathBuf,
     data: PathBuf,
     listen: String,
+    pub tls: Option<Tls>,
+}
+
+/// PEM files for etcd with client-certificate authentication.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Tls {
+    /// A CA, a server certificate for `addr` and a client certificate, made with openssl.
+    pub fn generate(dir: &Path, addr: std::net::Ipv4Addr) -> Tls {
+        let p = |n: &str| dir.join(n);
+        let sh =
+            |script: String| super::run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+            -keyout ca.key -out ca.pem 2>/dev/null".into());
+        for (name, ext) in [
+            (
+                "server",
+                format!("subjectAltName=IP:{addr}\nextendedKeyUsage=serverAuth,clientAuth"),
+            ),
+            ("client", "extendedKeyUsage=clientAuth".to_string()),
+        ] {
+            sh(format!(
+                "openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr 2>/dev/null && \
+                 printf '{ext}\nbasicConstraints=CA:FALSE\n' > {name}.ext && \
+                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                 -extfile {name}.ext -out {name}.pem 2>/dev/null"
+            ));
+        }
+        Tls {
+            ca: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+            client_cert: p("client.pem"),
+            client_key: p("client.key"),
+        }
+    }
 }
 
 impl Etcd {
     /// Starts etcd in `ns`, serving clients on `addr`:2379, data under `dir`.
     pub fn start(ns: &Netns, addr: std::net::Ipv4Addr, dir: &Path) -> Etcd {
+        Self::start_with(ns, addr, dir, None)
+    }
+
+    /// Like `start`, serving https and requiring client certificates.
+    pub fn start_tls(ns: &Netns, addr: std::net::Ipv4Addr, dir: &Path, tls: Tls) -> Etcd {
+        Self::start_with(ns, addr, dir, Some(tls))
+    }
+
+    fn start_with(ns: &Netns, addr: std::net::Ipv4Addr, dir: &Path, tls: Option<Tls>) -> Etcd {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Etcd {
             proc: None,
-            url: format!("http://{addr}:2379"),
+            url: format!("{scheme}://{addr}:2379"),
             ns: ns.path(),
             data: dir.join("etcd"),
             listen: addr.to_string(),
+            tls,
         };
         etcd.restart();
         etcd
@@ -31,8 +86,8 @@ impl Etcd {
     /// Starts (again) with the same data.
     pub fn restart(&mut self) {
         let log = std::fs::File::create(self.data.with_extension("log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns.display()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.ns.display()))
             .arg("etcd")
             .args(["--name", "n1", "--data-dir"])
             .arg(&self.data)
@@ -44,7 +99,17 @@ impl Etcd {
             ])
             .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "n1=http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "n1=http://127.0.0.1:2380"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca);
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -53,9 +118,20 @@ impl Etcd {
             child,
             what: format!("etcd on {}", self.listen),
         });
-        wait_until("etcd to serve", Duration::from_secs(20), || {
-            self.ctl(&["endpoint", "health"]).status.success()
-        });
+        let mut last = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.ctl(&["endpoint", "health"]);
+            if out.status.success() {
+                break;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not become healthy: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops etcd (SIGTERM), keeping its data.
@@ -78,6 +154,13 @@ impl Etcd {
                 "--command-timeout",
                 "3s",
             ])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cacert={}", t.ca.display()),
+                    format!("--cert={}", t.client_cert.display()),
+                    format!("--key={}", t.client_key.display()),
+                ]
+            }))
             .args(args)
             .output()
             .unwrap()
@@ -111,6 +194,19 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("rejected connection"))
+                .take(25)
+                .collect();
+            eprintln!("---- etcd log (last lines) ----");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         self.stop();
     }
 }
