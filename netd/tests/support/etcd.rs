@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use super::{wait_until, Netns, Proc};
+use super::{Netns, Proc};
 
 pub struct Etcd {
     pub proc: Option<Proc>,
@@ -118,7 +118,6 @@ impl Etcd {
             child,
             what: format!("etcd on {}", self.listen),
         });
-        let mut last = String::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let out = self.ctl(&["endpoint", "health"]);
