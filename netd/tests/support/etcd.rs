@@ -124,7 +124,7 @@ impl Etcd {
             if out.status.success() {
                 break;
             }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            let last = String::from_utf8_lossy(&out.stderr);
             assert!(
                 std::time::Instant::now() < deadline,
                 "etcd did not become healthy: {last}"
