@@ -20,8 +20,8 @@ const READ_BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, Error)]
 pub enum FrameError {
-    #[error("invalid frame length {0} (valid: {MIN_FRAME} to {MAX_FRAME} bytes); the stream is garbled or not in hpk-net-daemon framing")]
-    BadLength(u32),
+    #[error("invalid frame length {0} (valid: {1} to {2} bytes); the stream is garbled or not in hpk-net-daemon framing")]
+    BadLength(u32, usize, usize),
     #[error("stream ended inside a frame ({got} of {want} bytes)")]
     Truncated { got: usize, want: usize },
     #[error("read from stream: {0}")]
@@ -41,16 +41,32 @@ pub struct FrameReader<R> {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    min: usize,
+    max: usize,
 }
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
-            buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            buf: vec![0u8; READ_BUFFER + LEN_PREFIX + crate::tap::VNET_HDR_LEN + MAX_FRAME]
+                .into_boxed_slice(),
             start: 0,
             end: 0,
+            min: MIN_FRAME,
+            max: MAX_FRAME,
         }
+    }
+
+    /// Changes the valid frame sizes (e.g. when frames start carrying a header).
+    pub fn set_limits(&mut self, min: usize, max: usize) {
+        self.min = min;
+        self.max = max;
+    }
+
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
     }
 
     /// The length of the frame at the head of the buffer, once its prefix is complete.
@@ -61,8 +77,8 @@ impl<R: Read> FrameReader<R> {
         let mut prefix = [0u8; LEN_PREFIX];
         prefix.copy_from_slice(&self.buf[self.start..self.start + LEN_PREFIX]);
         let len = u32::from_be_bytes(prefix);
-        if (len as usize) < MIN_FRAME || len as usize > MAX_FRAME {
-            return Err(FrameError::BadLength(len));
+        if (len as usize) < self.min || len as usize > self.max {
+            return Err(FrameError::BadLength(len, self.min, self.max));
         }
         Ok(Some(len as usize))
     }
@@ -79,7 +95,7 @@ impl<R: Read> FrameReader<R> {
                 }
             }
             // Need more bytes: move the partial frame to the front if the tail is short.
-            if self.buf.len() - self.start < LEN_PREFIX + MAX_FRAME {
+            if self.buf.len() - self.start < LEN_PREFIX + self.max {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
@@ -218,7 +234,10 @@ mod tests {
         data.extend_from_slice(&wire);
         let (got, err) = read_all(data, 7);
         assert_eq!(got, frames[..1]);
-        assert!(matches!(err, Some(FrameError::BadLength(0))), "{err:?}");
+        assert!(
+            matches!(err, Some(FrameError::BadLength(0, _, _))),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -228,7 +247,7 @@ mod tests {
             data.extend_from_slice(&frame(0, 100));
             let (got, err) = read_all(data, 64);
             assert!(got.is_empty());
-            assert!(matches!(err, Some(FrameError::BadLength(_))), "{err:?}");
+            assert!(matches!(err, Some(FrameError::BadLength(..))), "{err:?}");
         }
     }
 

@@ -1,4 +1,12 @@
-//! Socket mode: frames between a tap and a UNIX stream socket, in the original framing.
+//! Socket mode: frames between a tap and a UNIX stream socket.
+//!
+//! The default framing is the original tool's (4-byte big-endian length, Ethernet frame).
+//! Two of our daemons can agree on an extended framing that also carries the virtio-net
+//! header, so GSO frames of up to 64 KiB cross the socket as they do tap-to-tap: a client
+//! opens with a HELLO frame (a valid original frame with the IEEE local-experimental
+//! ethertype, which an original server just forwards and never answers), our server
+//! answers ACK, and from then on both directions carry the header. Without an ACK within
+//! a moment the client stays with the original framing.
 //!
 //! One thread reads the tap for the daemon's whole life and sends to whichever peer is
 //! connected now (frames are dropped while none is); each connection gets a thread that
@@ -14,11 +22,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use nix::unistd::{Gid, Group, Uid, User};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::forward::PumpStopped;
-use crate::framing::{FrameError, FrameReader, LEN_PREFIX};
-use crate::tap::{Tap, MAX_FRAME};
+use crate::framing::{encode_into, FrameError, FrameReader, LEN_PREFIX, MIN_FRAME};
+use crate::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
 
 /// Bytes gathered from the tap before one write to the socket.
 const BATCH: usize = 256 * 1024;
@@ -62,18 +70,66 @@ impl std::str::FromStr for Owner {
     }
 }
 
-/// The connection frames from the tap go to; replaced when a new peer connects.
+/// How frames are laid out on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// The original tool's: length, Ethernet frame.
+    Original,
+    /// Ours, when both ends agree: length, virtio-net header, Ethernet frame.
+    Extended,
+}
+
+impl Framing {
+    fn describe(self) -> &'static str {
+        match self {
+            Framing::Original => "original",
+            Framing::Extended => "extended (virtio-net header, offloads on)",
+        }
+    }
+}
+
+/// How long a client waits for the server's ACK before settling for the original framing.
+const ACK_WAIT: Duration = Duration::from_millis(300);
+/// How long a server waits for a client's first frame (HELLO or not).
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+
+const NEGOTIATION_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+const HELLO: &[u8] = b"hpk-net-daemon vnet-hdr v1 hello";
+const ACK: &[u8] = b"hpk-net-daemon vnet-hdr v1 ok";
+/// A zeroed virtio-net header: a whole frame with a complete checksum.
+const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+/// A negotiation frame: locally administered MACs, experimental ethertype, padded to 60.
+fn control_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![
+        0x02, 0x68, 0x70, 0x6b, 0x00, 0x01, 0x02, 0x68, 0x70, 0x6b, 0x00, 0x02,
+    ];
+    f.extend_from_slice(&NEGOTIATION_ETHERTYPE);
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+fn is_control(frame: &[u8], payload: &[u8]) -> bool {
+    frame.len() >= 14 + payload.len()
+        && frame[12..14] == NEGOTIATION_ETHERTYPE
+        && &frame[14..14 + payload.len()] == payload
+}
+
+/// The connection frames from the tap go to, with its framing; replaced when a new peer
+/// connects. Stream and framing are taken together, so a batch never goes out in the
+/// wrong format.
 #[derive(Default)]
-struct Peer(Mutex<Option<Arc<UnixStream>>>);
+struct Peer(Mutex<Option<(Arc<UnixStream>, Framing)>>);
 
 impl Peer {
-    fn get(&self) -> Option<Arc<UnixStream>> {
+    fn get(&self) -> Option<(Arc<UnixStream>, Framing)> {
         self.0.lock().unwrap().clone()
     }
 
     /// Installs `stream`, closing the one it replaces.
-    fn set(&self, stream: Arc<UnixStream>) {
-        if let Some(old) = self.0.lock().unwrap().replace(stream) {
+    fn set(&self, stream: Arc<UnixStream>, framing: Framing) {
+        if let Some((old, _)) = self.0.lock().unwrap().replace((stream, framing)) {
             let _ = old.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -81,7 +137,7 @@ impl Peer {
     /// Forgets `stream` if it is still the current peer.
     fn clear(&self, stream: &Arc<UnixStream>) {
         let mut slot = self.0.lock().unwrap();
-        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, stream)) {
+        if slot.as_ref().is_some_and(|(s, _)| Arc::ptr_eq(s, stream)) {
             *slot = None;
         }
         let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -117,28 +173,45 @@ fn tap_to_peer(tap: &Tap, peer: &Peer) -> PumpStopped {
     if let Err(e) = tap.set_nonblocking(true) {
         return stopped(e);
     }
-    let mut buf = vec![0u8; BATCH + LEN_PREFIX + MAX_FRAME];
+    let slot = LEN_PREFIX + VNET_HDR_LEN + MAX_FRAME;
+    let mut buf = vec![0u8; BATCH + slot];
     loop {
         if let Err(e) = wait_readable(tap) {
             return stopped(e);
         }
-        // Drain what the tap has queued, up to one batch.
+        let current = peer.get();
+        let framing = current.as_ref().map_or(Framing::Original, |(_, f)| *f);
+        // Drain what the tap has queued, up to one batch; each frame lands at `len` as
+        // length, header, frame, and loses its header again in the original framing.
         let mut len = 0;
         while len < BATCH {
-            match tap.read_frame(&mut buf[len + LEN_PREFIX..len + LEN_PREFIX + MAX_FRAME]) {
-                Ok(n) => {
-                    buf[len..len + LEN_PREFIX].copy_from_slice(&(n as u32).to_be_bytes());
-                    len += LEN_PREFIX + n;
-                }
+            let n = match tap.read_frame(&mut buf[len + LEN_PREFIX..len + slot]) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return stopped(e),
-            }
+            };
+            let start = len + LEN_PREFIX;
+            let size = match framing {
+                Framing::Extended => n,
+                Framing::Original => {
+                    if buf[start..start + VNET_HDR_LEN] != PLAIN_HEADER {
+                        // A GSO frame left from an extended peer: the original framing
+                        // cannot carry it. TCP will resend it as plain segments.
+                        debug!("dropping a GSO frame the original framing cannot carry");
+                        continue;
+                    }
+                    buf.copy_within(start + VNET_HDR_LEN..start + n, start);
+                    n - VNET_HDR_LEN
+                }
+            };
+            buf[len..start].copy_from_slice(&(size as u32).to_be_bytes());
+            len = start + size;
         }
         if len == 0 {
             continue;
         }
-        if let Some(stream) = peer.get() {
+        if let Some((stream, _)) = current {
             if let Err(e) = (&*stream).write_all(&buf[..len]) {
                 info!(error = %e, "peer connection lost while sending");
                 peer.clear(&stream);
@@ -147,25 +220,39 @@ fn tap_to_peer(tap: &Tap, peer: &Peer) -> PumpStopped {
     }
 }
 
-/// Reads frames from `stream` into the tap until the stream ends or goes bad.
+/// Writes one frame received in `framing` to the tap; `Err` only when the tap failed.
+fn deliver(tap: &Tap, framing: Framing, frame: &[u8]) -> std::result::Result<(), PumpStopped> {
+    let written = match framing {
+        Framing::Extended => tap.write_frame(frame),
+        Framing::Original => tap.write_frame_with_header(&PLAIN_HEADER, frame),
+    };
+    match written {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOBUFS)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(PumpStopped {
+            tap: tap.name().to_owned(),
+            error,
+        }),
+    }
+}
+
+/// Reads frames from the peer into the tap until the stream ends or goes bad.
 /// Returns `Err` only when the tap itself failed.
-fn peer_to_tap(stream: &Arc<UnixStream>, tap: &Tap) -> std::result::Result<(), PumpStopped> {
-    let mut reader = FrameReader::new(&**stream);
+fn peer_to_tap(
+    reader: &mut FrameReader<&UnixStream>,
+    tap: &Tap,
+    framing: Framing,
+) -> std::result::Result<(), PumpStopped> {
     loop {
         match reader.next_frame() {
-            Ok(Some(frame)) => {
-                if let Err(error) = tap.write_frame(frame) {
-                    match error.raw_os_error() {
-                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOBUFS) => continue,
-                        _ => {
-                            return Err(PumpStopped {
-                                tap: tap.name().to_owned(),
-                                error,
-                            })
-                        }
-                    }
-                }
-            }
+            Ok(Some(frame)) => deliver(tap, framing, frame)?,
             Ok(None) => {
                 info!("peer disconnected");
                 return Ok(());
@@ -182,11 +269,75 @@ fn peer_to_tap(stream: &Arc<UnixStream>, tap: &Tap) -> std::result::Result<(), P
     }
 }
 
+/// Sends one frame in the original framing (negotiation happens in it).
+fn send_original(stream: &UnixStream, frame: &[u8]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(LEN_PREFIX + frame.len());
+    encode_into(&mut out, frame);
+    (&*stream).write_all(&out)
+}
+
+/// Settles the framing: sets the tap's offloads and the reader's limits to match.
+fn adopt(tap: &Tap, reader: &mut FrameReader<&UnixStream>, framing: Framing) {
+    if let Err(e) = tap.set_offloads(framing == Framing::Extended) {
+        warn!(error = %e, "cannot change the tap's offloads");
+    }
+    if framing == Framing::Extended {
+        reader.set_limits(VNET_HDR_LEN + MIN_FRAME, VNET_HDR_LEN + MAX_FRAME);
+    }
+    info!(framing = framing.describe(), "peer connected");
+}
+
+fn timed_out(e: &FrameError) -> bool {
+    matches!(e, FrameError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// One server connection: negotiate, then carry frames until it ends.
+fn serve_one(
+    stream: Arc<UnixStream>,
+    tap: &Tap,
+    peer: &Peer,
+    extended: bool,
+) -> std::result::Result<(), PumpStopped> {
+    let mut reader = FrameReader::new(&*stream);
+    let _ = stream.set_read_timeout(Some(HELLO_WAIT));
+    let mut first_frame = None;
+    let framing = match reader.next_frame() {
+        Ok(Some(f)) if is_control(f, HELLO) => {
+            if extended && send_original(&stream, &control_frame(ACK)).is_ok() {
+                Framing::Extended
+            } else {
+                Framing::Original
+            }
+        }
+        Ok(Some(f)) => {
+            first_frame = Some(f.to_vec());
+            Framing::Original
+        }
+        Ok(None) => return Ok(()),
+        Err(e) if timed_out(&e) => Framing::Original,
+        Err(e) => {
+            warn!(error = %e, "dropping peer connection");
+            return Ok(());
+        }
+    };
+    let _ = stream.set_read_timeout(None);
+    adopt(tap, &mut reader, framing);
+    // The peer first: the answer to the first frame may come back at once.
+    peer.set(stream.clone(), framing);
+    if let Some(f) = first_frame {
+        deliver(tap, framing, &f)?;
+    }
+    let result = peer_to_tap(&mut reader, tap, framing);
+    peer.clear(&stream);
+    result
+}
+
 /// Serves one peer at a time on `listener`; a new peer replaces the old one.
-/// Returns only when the tap fails.
+/// Returns only when the tap fails. `extended`: accept the extended framing.
 pub fn serve(
     tap: Arc<Tap>,
     listener: UnixListener,
+    extended: bool,
     on_stop: impl Fn(PumpStopped) + Send + Sync + 'static,
 ) -> Result<()> {
     let peer = Arc::new(Peer::default());
@@ -200,15 +351,11 @@ pub fn serve(
                 continue;
             }
         };
-        info!("peer connected");
-        peer.set(stream.clone());
         let (tap, peer, on_stop) = (tap.clone(), peer.clone(), on_stop.clone());
         std::thread::Builder::new()
             .name("peer>tap".into())
             .spawn(move || {
-                let result = peer_to_tap(&stream, &tap);
-                peer.clear(&stream);
-                if let Err(stopped) = result {
+                if let Err(stopped) = serve_one(stream, &tap, &peer, extended) {
                     on_stop(stopped);
                 }
             })
@@ -217,10 +364,49 @@ pub fn serve(
     Ok(())
 }
 
+/// One client connection: offer the extended framing, then carry frames until it ends.
+fn client_one(
+    stream: Arc<UnixStream>,
+    tap: &Tap,
+    peer: &Peer,
+    extended: bool,
+) -> std::result::Result<(), PumpStopped> {
+    let mut reader = FrameReader::new(&*stream);
+    let mut framing = Framing::Original;
+    let mut first_frame = None;
+    if extended {
+        if send_original(&stream, &control_frame(HELLO)).is_err() {
+            return Ok(());
+        }
+        let _ = stream.set_read_timeout(Some(ACK_WAIT));
+        match reader.next_frame() {
+            Ok(Some(f)) if is_control(f, ACK) => framing = Framing::Extended,
+            Ok(Some(f)) => first_frame = Some(f.to_vec()),
+            Ok(None) => return Ok(()),
+            Err(e) if timed_out(&e) => {}
+            Err(e) => {
+                warn!(error = %e, "dropping the connection to the server");
+                return Ok(());
+            }
+        }
+        let _ = stream.set_read_timeout(None);
+    }
+    adopt(tap, &mut reader, framing);
+    peer.set(stream.clone(), framing);
+    if let Some(f) = first_frame {
+        deliver(tap, framing, &f)?;
+    }
+    let result = peer_to_tap(&mut reader, tap, framing);
+    peer.clear(&stream);
+    result
+}
+
 /// Connects to the server at `path`, reconnecting whenever the connection ends.
+/// `extended`: offer the extended framing.
 pub fn run_client(
     tap: Arc<Tap>,
     path: PathBuf,
+    extended: bool,
     on_stop: impl Fn(PumpStopped) + Send + Sync + 'static,
 ) -> Result<()> {
     let peer = Arc::new(Peer::default());
@@ -234,11 +420,7 @@ pub fn run_client(
                 info!(socket = %path.display(), "connected to server");
                 backoff = Duration::from_millis(50);
                 announced = false;
-                let stream = Arc::new(stream);
-                peer.set(stream.clone());
-                let result = peer_to_tap(&stream, &tap);
-                peer.clear(&stream);
-                if let Err(stopped) = result {
+                if let Err(stopped) = client_one(Arc::new(stream), &tap, &peer, extended) {
                     on_stop(stopped);
                     return Ok(());
                 }
@@ -270,6 +452,19 @@ fn spawn_tap_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negotiation_frames_are_valid_ethernet() {
+        let hello = control_frame(HELLO);
+        assert_eq!(hello.len(), 60);
+        assert!(is_control(&hello, HELLO) && !is_control(&hello, ACK));
+        assert!(is_control(&control_frame(ACK), ACK));
+        assert_eq!(
+            hello[0] & 0x03,
+            0x02,
+            "locally administered unicast destination"
+        );
+    }
 
     #[test]
     fn owners_parse() {

@@ -246,11 +246,19 @@ impl Tap {
         if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &size) } < 0 {
             return Err(self.ioctl_error("TUNSETVNETHDRSZ"));
         }
-        for (bits, label) in OFFLOAD_SETS {
+        self.offloads = self.set_offloads(true)?;
+        Ok(())
+    }
+
+    /// Turns checksum/segmentation offloads on (the richest set the kernel takes) or off.
+    /// Off, the kernel hands out only whole, checksummed frames (with a zeroed header).
+    pub fn set_offloads(&self, on: bool) -> Result<&'static str, TapError> {
+        let fd = self.file.as_raw_fd();
+        let sets: &[(libc::c_uint, &'static str)] = if on { &OFFLOAD_SETS } else { &[(0, "none")] };
+        for (bits, label) in sets {
             // SAFETY: TUNSETOFFLOAD takes the flag word by value.
-            if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, bits as libc::c_ulong) } == 0 {
-                self.offloads = label;
-                return Ok(());
+            if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, *bits as libc::c_ulong) } == 0 {
+                return Ok(label);
             }
         }
         Err(self.ioctl_error("TUNSETOFFLOAD"))
@@ -286,6 +294,12 @@ impl Tap {
     /// Writes one whole frame; a tap never accepts part of one.
     pub fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
         nix::unistd::write(&self.file, frame).map_err(io::Error::from)
+    }
+
+    /// Writes one frame given as a virtio-net header and the Ethernet frame, in one call.
+    pub fn write_frame_with_header(&self, header: &[u8], frame: &[u8]) -> io::Result<usize> {
+        let parts = [io::IoSlice::new(header), io::IoSlice::new(frame)];
+        nix::sys::uio::writev(&self.file, &parts).map_err(io::Error::from)
     }
 
     /// Switches the fd between blocking and non-blocking reads.

@@ -12,7 +12,10 @@ use support::*;
 #[derive(Clone, Copy, Debug)]
 enum Method {
     TapToTap,
+    /// Two of our daemons: they agree on the extended framing.
     Socket,
+    /// Our daemons held to the original tool's framing.
+    SocketOriginal,
 }
 
 /// Starts the daemon(s) that attach container `n` to the bubble's bridge.
@@ -26,7 +29,7 @@ fn attach(prefix: &str, bubble: &Bubble, c: &Netns, n: u8, method: Method, mtu: 
                 .args(["--bridge", &bubble.bridge, "--mtu", &mtu]);
             vec![Proc::spawn("tap-to-tap daemon", &mut cmd)]
         }
-        Method::Socket => {
+        Method::Socket | Method::SocketOriginal => {
             let socket = format!("/tmp/{prefix}-{n}.sock");
             let mut server = bubble.ns.cmd(DAEMON);
             // The original tool's Go-style flags, as its users wrote them.
@@ -87,7 +90,7 @@ fn c2c(method: Method, mtu: u32) {
         !c1.has_link("tap0") && !c2.has_link("tap0"),
         "container tap left behind"
     );
-    if let Method::Socket = method {
+    if let Method::Socket | Method::SocketOriginal = method {
         for n in 1..=2 {
             assert!(!std::path::Path::new(&format!("/tmp/{p}-{n}.sock")).exists());
         }
@@ -112,6 +115,16 @@ fn socket_mode_mtu_1500() {
 #[test]
 fn socket_mode_mtu_9000() {
     c2c(Method::Socket, 9000);
+}
+
+#[test]
+fn socket_mode_original_framing_mtu_1500() {
+    c2c(Method::SocketOriginal, 1500);
+}
+
+#[test]
+fn socket_mode_original_framing_mtu_9000() {
+    c2c(Method::SocketOriginal, 9000);
 }
 
 #[test]

@@ -63,17 +63,23 @@ fn golden(frame: &[u8]) -> Vec<u8> {
 /// Reads framed data until `want` echo replies of ours arrived; checks the framing of
 /// every frame on the way.
 fn read_echo_replies(stream: &mut UnixStream, want: usize) -> Vec<u16> {
+    read_echo_replies_after(stream, want, 0)
+}
+
+/// Like `read_echo_replies`, for frames that carry a `header`-byte prefix after the length.
+fn read_echo_replies_after(stream: &mut UnixStream, want: usize, header: usize) -> Vec<u16> {
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut data = Vec::new();
     let mut seqs = Vec::new();
+    let mut seen = Vec::new();
     let mut buf = [0u8; 65536];
     while seqs.len() < want {
         assert!(
             Instant::now() < deadline,
-            "got only echo replies {seqs:?} of {want}"
+            "got only echo replies {seqs:?} of {want}; frames seen (length, ethertype): {seen:?}"
         );
         if let Ok(n) = stream.read(&mut buf) {
             assert!(n > 0, "daemon closed the connection");
@@ -82,13 +88,14 @@ fn read_echo_replies(stream: &mut UnixStream, want: usize) -> Vec<u16> {
         while data.len() >= 4 {
             let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
             assert!(
-                (14..=65535).contains(&len),
+                (14 + header..=65535 + header).contains(&len),
                 "bad length prefix {len} from the daemon"
             );
             if data.len() < 4 + len {
                 break;
             }
-            let frame: Vec<u8> = data.drain(..4 + len).skip(4).collect();
+            let frame: Vec<u8> = data.drain(..4 + len).skip(4 + header).collect();
+            seen.push((len, [frame[12], frame[13]]));
             let is_ipv4_icmp = frame[12..14] == [0x08, 0x00] && frame[23] == 1;
             if is_ipv4_icmp && frame[34] == 0 && frame[38..40] == ICMP_ID.to_be_bytes() {
                 assert_eq!(frame[..6], PEER_MAC, "echo reply not addressed to the peer");
@@ -282,4 +289,52 @@ fn truncated_frame_is_never_written() {
     let mut bad = golden(&[0xabu8; 1000]);
     bad.truncate(500);
     garbled("truncated", &bad, true);
+}
+
+/// Our negotiation frames, as the module documents them: experimental ethertype 0x88b5.
+fn control(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![
+        0x02, 0x68, 0x70, 0x6b, 0x00, 0x01, 0x02, 0x68, 0x70, 0x6b, 0x00, 0x02, 0x88, 0xb5,
+    ];
+    f.extend_from_slice(payload);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn extended_framing_is_negotiated_and_carries_the_header() {
+    let p = prefix();
+    let ns = Netns::new(format!("{p}-x"));
+    disable_ipv6(&ns);
+    let socket = format!("/tmp/{p}.sock");
+    let tap = format!("{p}x");
+    let mut daemon = Proc::spawn(
+        "socket server",
+        ns.cmd(DAEMON)
+            .args(["--mode", "server", "--socket", &socket, "--tap", &tap]),
+    );
+    let mac = tap_with_static_peer(&ns, &tap);
+    let mut stream = connect(&socket);
+    stream
+        .write_all(&golden(&control(b"hpk-net-daemon vnet-hdr v1 hello")))
+        .unwrap();
+    let mut ack = [0u8; 64];
+    stream.read_exact(&mut ack).unwrap();
+    assert_eq!(
+        ack[..4],
+        [0, 0, 0, 60],
+        "the ACK comes in the original framing"
+    );
+    assert_eq!(&ack[4..], &control(b"hpk-net-daemon vnet-hdr v1 ok")[..]);
+
+    // From now on: length, 10-byte virtio-net header, frame; both ways.
+    let mut frame = vec![0u8; 10];
+    frame.extend(echo_request(mac, 5, 56));
+    stream.write_all(&golden(&frame)).unwrap();
+    assert_eq!(read_echo_replies_after(&mut stream, 1, 10), [5]);
+    assert_eq!(ns.rx_packets(&tap), 1);
+    drop(stream);
+    let (code, err) = daemon.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert!(err.contains("framing=\"extended"), "{err}");
 }

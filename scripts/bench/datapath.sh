@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Container-to-container data-path benchmark: veth (the kernel reference) next to
-# hpk-net-daemon tap-to-tap and socket mode, in one run, alternating methods each round.
+# hpk-net-daemon tap-to-tap and socket mode (original and extended framing), in one run,
+# alternating methods each round.
 # Prints medians and the ratio to veth. Figures only: nothing here passes or fails.
 #
 #   scripts/bench/datapath.sh [-r ROUNDS] [-t SECONDS] [-m "1500 9000 65520"]
@@ -21,7 +22,7 @@ done
 
 daemon=$(bench_binary hpk-net-daemon)
 p=hb$(printf '%04x' $((RANDOM)))
-methods="veth tap socket"
+methods="veth tap sock-orig sock-ext"
 declare -A pids=()   # method -> daemon pids
 
 cleanup() {
@@ -54,11 +55,12 @@ setup() {
         tap)
             ip netns exec "$p-$m-b" "$daemon" --netns "$c" --bubble-tap "$port" --bridge br0 --mtu "$mtu" 2>/dev/null &
             pids[$m]+=" $!" ;;
-        socket)
-            local sock=/tmp/$p-$n.sock
+        sock-orig|sock-ext)
+            local sock=/tmp/$p-$m-$n.sock framing=()
+            [ "$m" = sock-orig ] && framing=(--original-framing)
             ip netns exec "$p-$m-b" "$daemon" --mode server --socket "$sock" --tap "$port" --bridge br0 --mtu "$mtu" 2>/dev/null &
             pids[$m]+=" $!"
-            ip netns exec "$c" "$daemon" --mode client --socket "$sock" --tap tap0 --mtu "$mtu" 2>/dev/null &
+            ip netns exec "$c" "$daemon" --mode client --socket "$sock" --tap tap0 --mtu "$mtu" "${framing[@]}" 2>/dev/null &
             pids[$m]+=" $!" ;;
         esac
         wait_for "tap0 up in $c" link_is_up "$c" tap0
@@ -124,5 +126,6 @@ x_veth: throughput and RTT as a multiple of the veth pair's in the same round se
 CPUs/GB: CPU seconds of all forwarders on the path per GB moved (veth: in the kernel).
 RSS_KiB: largest resident set of one forwarder; PrivKiB: its private dirty memory, the
 part that really grows with the number of containers (code and libc pages are shared).
-Extended (virtio-net header) socket framing is not built; socket mode is the original framing.
+sock-orig: socket mode in the original tool's framing; sock-ext: two hpk-net-daemons that
+agreed on the extended framing (virtio-net header and offloads over the socket).
 EOF
