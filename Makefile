@@ -27,6 +27,8 @@ demo: deps binaries
 
 test: deps lint
 	@mkdir -p target
+	# Integration tests run binaries of other crates (hpk-hook): build them all first.
+	$(CARGO) build --workspace --bins --locked
 	set -o pipefail; $(CARGO) test --workspace --all-targets --locked 2>&1 | tee target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
