@@ -46,11 +46,6 @@ impl Client {
         }
     }
 
-    pub fn with_timeout(mut self, timeout: Duration) -> Client {
-        self.timeout = timeout;
-        self
-    }
-
     /// Sends one request and returns hpk-netd's answer.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
         let io_err = |e: io::Error| match e.kind() {

@@ -92,6 +92,15 @@ async fn dispatch(request: Request, service: &Arc<Service>) -> Response {
                     was_attached,
                 })
         }
-        Request::Status => Response::Status(Box::new(service.status())),
+        // A netlink dump and a directory read: not on the async workers.
+        Request::Status => {
+            let svc = service.clone();
+            match tokio::task::spawn_blocking(move || svc.status()).await {
+                Ok(status) => Response::Status(Box::new(status)),
+                Err(e) => Response::Error {
+                    message: format!("status failed: {e}"),
+                },
+            }
+        }
     }
 }

@@ -134,15 +134,16 @@ impl Firewall for Iptables {
             .map_err(|e| {
                 anyhow!("cannot run iptables-restore ({e}): install the iptables package")
             })?;
-        child
+        // Written and closed before waiting; waited for even if the write failed.
+        let written = child
             .stdin
             .take()
             .expect("piped stdin")
-            .write_all(restore_script(chains).as_bytes())
-            .context("writing to iptables-restore")?;
+            .write_all(restore_script(chains).as_bytes());
         let out = child
             .wait_with_output()
             .context("waiting for iptables-restore")?;
+        written.context("writing to iptables-restore")?;
         if !out.status.success() {
             bail!(
                 "iptables-restore refused our rules: {} (CAP_NET_ADMIN over this network namespace is needed)",

@@ -6,31 +6,11 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
 use crate::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
-
-/// Frames and bytes moved in one direction, and frames the receiving tap refused.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub frames: AtomicU64,
-    pub bytes: AtomicU64,
-    pub dropped: AtomicU64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> (u64, u64, u64) {
-        (
-            self.frames.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-            self.dropped.load(Ordering::Relaxed),
-        )
-    }
-}
 
 /// Why a pump stopped: a tap went away or failed for good.
 #[derive(Debug)]
@@ -65,7 +45,7 @@ fn frame_lost(err: &io::Error) -> bool {
 const BURST: usize = 32;
 
 /// Moves up to [`BURST`] queued frames from `from` to `to`; returns how many it read.
-fn drain(from: &Tap, to: &Tap, buf: &mut [u8], counters: &Counters) -> Result<usize, PumpStopped> {
+fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpStopped> {
     let mut moved = 0;
     while moved < BURST {
         let n = match from.read_frame(buf) {
@@ -81,12 +61,8 @@ fn drain(from: &Tap, to: &Tap, buf: &mut [u8], counters: &Counters) -> Result<us
         };
         moved += 1;
         match to.write_frame(&buf[..n]) {
-            Ok(_) => {
-                counters.frames.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            Ok(_) => {}
             Err(e) if frame_lost(&e) || e.kind() == io::ErrorKind::Interrupted => {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
                 debug!(from = from.name(), to = to.name(), error = %e, "frame dropped");
             }
             Err(error) => {
@@ -123,7 +99,7 @@ fn wait_either(a: &Tap, b: &Tap) -> io::Result<()> {
 /// fails. After traffic it keeps polling for `busy_poll` before it sleeps: a reply that
 /// comes back within that time finds the forwarder awake, which saves a wake-up (tens of
 /// microseconds on a VM) per hop.
-pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration, counters: &[Counters; 2]) -> PumpStopped {
+pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration) -> PumpStopped {
     for tap in [a, b] {
         if let Err(error) = tap.set_nonblocking(true) {
             return PumpStopped {
@@ -135,8 +111,7 @@ pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration, counters: &[Counters; 2]) 
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut last_frame = Instant::now();
     loop {
-        let moved = drain(a, b, &mut buf, &counters[0])
-            .and_then(|n| Ok(n + drain(b, a, &mut buf, &counters[1])?));
+        let moved = drain(a, b, &mut buf).and_then(|n| Ok(n + drain(b, a, &mut buf)?));
         match moved {
             Err(stopped) => return stopped,
             Ok(0) if last_frame.elapsed() >= busy_poll => {
@@ -155,17 +130,15 @@ pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration, counters: &[Counters; 2]) 
 }
 
 /// Starts forwarding between `a` and `b` on a thread of its own; `on_stop` gets the
-/// reason when it ends. Returns the counters (a to b, b to a).
+/// reason when it ends. (Traffic counters: the taps' own statistics.)
 pub fn spawn(
     a: Tap,
     b: Tap,
     busy_poll: Duration,
     on_stop: impl FnOnce(PumpStopped) + Send + 'static,
-) -> io::Result<Arc<[Counters; 2]>> {
-    let counters = Arc::new([Counters::default(), Counters::default()]);
-    let c = counters.clone();
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name("forward".into())
-        .spawn(move || on_stop(forward(&a, &b, busy_poll, &c)))?;
-    Ok(counters)
+        .spawn(move || on_stop(forward(&a, &b, busy_poll)))?;
+    Ok(())
 }

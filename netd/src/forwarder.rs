@@ -112,7 +112,10 @@ pub fn spawn(
     // The Child handle is dropped without waiting: exits are noticed by pidfd and reaped
     // with `reap`, also for forwarders adopted after a restart.
     drop(child);
-    ProcId::of(pid).ok_or_else(|| anyhow!("forwarder {pid} exited at once; see {}", log.display()))
+    ProcId::of(pid).filter(ProcId::alive).ok_or_else(|| {
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        anyhow!("forwarder {pid} exited at once: {}", said.trim())
+    })
 }
 
 /// Stops a forwarder: SIGTERM, then SIGKILL after `grace`. Returns once it is gone and,

@@ -64,11 +64,6 @@ impl<R: Read> FrameReader<R> {
         self.max = max;
     }
 
-    /// The stream underneath.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
     /// The length of the frame at the head of the buffer, once its prefix is complete.
     fn head_len(&self) -> Result<Option<usize>, FrameError> {
         if self.end - self.start < LEN_PREFIX {

@@ -158,6 +158,20 @@ impl Ipam {
         Ok(())
     }
 
+    /// Releases `addr` of `owner` in another subnet's store (left from before the
+    /// bubble's subnet changed).
+    pub fn release_in(&self, subnet: Ipv4Net, addr: Ipv4Addr, owner: &str) {
+        let Some(root) = self.dir.parent() else {
+            return;
+        };
+        let file = root
+            .join(format!("{}-{}", subnet.network(), subnet.prefix_len()))
+            .join(addr.to_string());
+        if fs::read_to_string(&file).is_ok_and(|o| o == owner) {
+            let _ = fs::remove_file(file);
+        }
+    }
+
     /// Every address in use, with its owner.
     pub fn in_use(&self) -> Vec<(Ipv4Addr, String)> {
         let Ok(entries) = fs::read_dir(&self.dir) else {

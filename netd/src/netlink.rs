@@ -176,8 +176,6 @@ pub struct LinkSummary {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
-    pub up: bool,
-    pub kind: Option<InfoKind>,
     pub stats: LinkStats,
 }
 
@@ -186,8 +184,6 @@ fn summarize(link: LinkMessage) -> LinkSummary {
         index: link.header.index,
         name: String::new(),
         mtu: 0,
-        up: link.header.flags.contains(LinkFlags::Up),
-        kind: None,
         stats: LinkStats::default(),
     };
     for attr in link.attributes {
@@ -200,13 +196,6 @@ fn summarize(link: LinkMessage) -> LinkSummary {
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,
                     tx_bytes: s.tx_bytes,
-                }
-            }
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        out.kind = Some(kind);
-                    }
                 }
             }
             _ => {}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hpk_hook::proto::{AttachRequest, Attachment, EndpointStatus, LeaseStatus, PeerStatus, Status};
@@ -28,8 +28,11 @@ use crate::subnet::SubnetEnv;
 /// How long a forwarder gets to exit on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Forwarder restarts allowed per endpoint before it is given up.
+/// Forwarder restarts allowed in a row before the endpoint is given up.
 const MAX_RESTARTS: u32 = 5;
+
+/// A forwarder that ran this long resets the restart count.
+const RESTART_BUDGET_RESET: Duration = Duration::from_secs(60);
 
 enum Slot {
     /// An attach or adoption is building this endpoint.
@@ -279,6 +282,18 @@ impl Service {
         Ok(true)
     }
 
+    /// Whether `stop` still belongs to the ready endpoint `id` (no detach came).
+    fn still_ours(&self, id: &str, stop: &Arc<Notify>) -> bool {
+        matches!(self.slots.lock().unwrap().get(id), Some(Slot::Ready { stop: s, .. }) if Arc::ptr_eq(s, stop))
+    }
+
+    /// The last lines a forwarder logged, for netd's own log (its file goes with it).
+    fn forwarder_log_tail(&self, id: &str) -> String {
+        let text = std::fs::read_to_string(self.store.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(3).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
     /// Watches an endpoint's container and forwarder until the endpoint goes away.
     async fn supervise(self: Arc<Self>, mut record: Record, stop: Arc<Notify>) {
         let id = record.spec.id.clone();
@@ -290,10 +305,13 @@ impl Service {
             let _ = self.detach(&id, "container process is gone");
             return;
         };
-        let mut restarts = 0;
+        let mut restarts = 0u32;
+        let mut last_restart = Instant::now();
         loop {
             let forwarder_fd = record.forwarder.watch().and_then(exit_notifier);
             tokio::select! {
+                // A detach wins over anything that happens at the same moment.
+                biased;
                 _ = stop.notified() => return,
                 _ = container_fd.readable() => {
                     let _ = self.detach(&id, "container exited (no poststop seen)");
@@ -307,15 +325,26 @@ impl Service {
                 } => {}
             }
             forwarder::reap(record.forwarder.pid);
+            if !self.still_ours(&id, &stop) {
+                return;
+            }
             if !container.alive() {
                 let _ = self.detach(&id, "container exited");
                 return;
             }
+            // A forwarder that ran for a while earned a fresh budget.
+            if last_restart.elapsed() > RESTART_BUDGET_RESET {
+                restarts = 0;
+            }
             restarts += 1;
+            last_restart = Instant::now();
+            let tail = self.forwarder_log_tail(&id);
             if restarts > MAX_RESTARTS {
                 error!(
                     id,
-                    restarts, "forwarder keeps dying; giving the endpoint up (see its log)"
+                    restarts,
+                    forwarder_log = tail,
+                    "forwarder keeps dying; giving the endpoint up"
                 );
                 let _ = self.detach(&id, "forwarder keeps dying");
                 return;
@@ -323,8 +352,15 @@ impl Service {
             warn!(
                 id,
                 pid = record.forwarder.pid,
+                forwarder_log = tail,
                 "forwarder exited while its container runs; restarting it"
             );
+            let backoff = Duration::from_millis(100 << (restarts - 1).min(5));
+            tokio::select! {
+                biased;
+                _ = stop.notified() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             let svc = self.clone();
             let spec = record.spec.clone();
             let started = tokio::task::spawn_blocking(move || svc.start_forwarder(&spec)).await;
@@ -349,12 +385,18 @@ impl Service {
                     _ => false,
                 }
             };
+            let svc = self.clone();
+            let saved = record.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if !still_ours {
+                    forwarder::stop(forwarder, STOP_GRACE);
+                } else if let Err(e) = svc.store.save(&saved) {
+                    warn!(id = saved.spec.id, error = %e, "cannot update the endpoint record");
+                }
+            })
+            .await;
             if !still_ours {
-                forwarder::stop(forwarder, STOP_GRACE);
                 return;
-            }
-            if let Err(e) = self.store.save(&record) {
-                warn!(id, error = %e, "cannot update the endpoint record");
             }
         }
     }
@@ -373,6 +415,18 @@ impl Service {
                 if !container.alive() {
                     info!(id, "container exited while hpk-netd was down; detaching");
                     svc.teardown(&record);
+                    continue;
+                }
+                let env = &svc.settings.env;
+                if !env.subnet.contains(&record.spec.address) {
+                    // The bubble got another subnet: this address routes nowhere now.
+                    warn!(id, address = %record.spec.address, subnet = %env.subnet, "the bubble's subnet changed while hpk-netd was down; detaching (restart the container to get a new address)");
+                    svc.teardown(&record);
+                    let old = ipnet::Ipv4Net::new(record.spec.address, record.spec.prefix_len)
+                        .map(|n| n.trunc());
+                    if let Ok(old) = old {
+                        svc.ipam.release_in(old, record.spec.address, &id);
+                    }
                     continue;
                 }
                 if !record.forwarder.alive() {

@@ -195,9 +195,12 @@ fn tap_to_peer(tap: &Tap, peer: &Peer) -> PumpStopped {
             let size = match framing {
                 Framing::Extended => n,
                 Framing::Original => {
-                    if buf[start..start + VNET_HDR_LEN] != PLAIN_HEADER {
-                        // A GSO frame left from an extended peer: the original framing
-                        // cannot carry it. TCP will resend it as plain segments.
+                    // virtio_net_hdr: flags (bit 0: checksum still to do), gso_type, ...
+                    // DATA_VALID (bit 1) is fine: the frame is whole and checksummed.
+                    let (flags, gso_type) = (buf[start], buf[start + 1]);
+                    if gso_type != 0 || flags & 1 != 0 {
+                        // Left from an extended peer: the original framing cannot carry a
+                        // GSO frame or a partial checksum. TCP resends it as plain segments.
                         debug!("dropping a GSO frame the original framing cannot carry");
                         continue;
                     }

@@ -82,6 +82,9 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// How often the agent re-lists `subnets/` even when the watch is healthy.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
 /// Everything the background loop needs.
 struct Agent {
     cfg: AgentConfig,
@@ -255,7 +258,9 @@ impl Agent {
     }
 
     /// Renews: a new lease and an unconditional put of our own key (flanneld's way).
-    async fn renew(&mut self) -> Result<()> {
+    /// Puts our key unconditionally with a fresh lease: only for taking back this node's
+    /// own lease (found by its PublicIP) at start, as flanneld does.
+    async fn put_own(&mut self) -> Result<()> {
         let grant = self.client.lease_grant(self.ttl_secs(), None).await?;
         self.client
             .put(
@@ -265,7 +270,33 @@ impl Agent {
             )
             .await?;
         self.schedule_renewal();
-        debug!(subnet = %self.subnet, "lease renewed");
+        Ok(())
+    }
+
+    /// Renews with a fresh lease, but only while the key still holds our value: if it
+    /// expired and another node took the subnet meanwhile, we must not overwrite it.
+    async fn renew(&mut self) -> Result<()> {
+        let key = self.key();
+        let grant = self.client.lease_grant(self.ttl_secs(), None).await?;
+        let put = TxnOp::put(
+            key.as_str(),
+            self.value.as_str(),
+            Some(PutOptions::new().with_lease(grant.id())),
+        );
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                key.as_str(),
+                CompareOp::Equal,
+                self.value.as_str(),
+            )])
+            .and_then(vec![put]);
+        if self.client.txn(txn).await?.succeeded() {
+            self.schedule_renewal();
+            debug!(subnet = %self.subnet, "lease renewed");
+            return Ok(());
+        }
+        // Gone (expired during an outage) or someone else's now.
+        self.recreate_own().await;
         Ok(())
     }
 
@@ -293,6 +324,10 @@ impl Agent {
             return None;
         };
         if subnet == self.subnet {
+            return None;
+        }
+        if !self.net.routable(subnet, self.subnet) {
+            warn!(key, subnet = %subnet, network = %self.net.network, "ignoring a lease outside this network's subnets");
             return None;
         }
         match parse_lease(subnet, value) {
@@ -368,24 +403,34 @@ impl Agent {
                 warn!(subnet = %self.subnet, "our lease was removed; recreated it");
                 self.schedule_renewal();
             }
-            Ok(false) => error!(
-                key,
-                "our subnet was taken by another node meanwhile; this node's containers may clash"
-            ),
-            Err(e) => warn!(key, error = %e, "cannot recreate our lease yet"),
+            Ok(false) => {
+                error!(key, "our subnet was leased by another node while ours had expired; not overwriting it: restart hpk-netd on this node to take a new subnet");
+                // Ask again later, in case that node goes away.
+                self.renew_at = tokio::time::Instant::now() + Duration::from_secs(30);
+            }
+            Err(e) => {
+                warn!(key, error = %e, "cannot recreate our lease yet");
+                self.renew_at = tokio::time::Instant::now() + Duration::from_secs(2);
+            }
         }
     }
 
-    /// Watches `subnets/` from `revision`; returns when the watch breaks (to resync).
+    /// Watches `subnets/` from `revision`; returns `Ok` when it is time to re-list, an
+    /// error when the watch broke.
     async fn watch(&mut self, revision: i64) -> Result<()> {
         let prefix = lease::subnets_prefix(&self.cfg.prefix);
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
         let mut stream = self.client.watch(prefix.as_str(), Some(opts)).await?;
+        // Re-list now and then: retries a peer whose routes could not be installed, and
+        // catches anything a watch may have missed.
+        let resync = tokio::time::sleep(RESYNC_EVERY);
+        tokio::pin!(resync);
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m?,
+                _ = &mut resync => return Ok(()),
                 _ = tokio::time::sleep_until(self.renew_at) => {
                     if let Err(e) = self.renew().await {
                         warn!(error = %e, "lease renewal failed; retrying");
@@ -448,12 +493,10 @@ impl Agent {
                     }
                 }
             }
-            // Our key may have expired during the outage.
-            let key = self.key();
-            if let Ok(resp) = self.client.get(key.as_str(), None).await {
-                if resp.kvs().is_empty() {
-                    self.recreate_own().await;
-                }
+            // Our key may have expired during the outage: renewing checks and recreates.
+            if let Err(e) = self.renew().await {
+                warn!(error = %e, "lease renewal after the outage failed; retrying");
+                self.renew_at = tokio::time::Instant::now() + Duration::from_secs(2);
             }
         }
     }
@@ -487,7 +530,7 @@ impl EtcdSource {
             }
             if let Some(subnet) = ours {
                 agent.subnet = subnet;
-                agent.renew().await?;
+                agent.put_own().await?;
                 info!(subnet = %subnet, "reusing this node's lease");
             } else {
                 let subnet = match previous.filter(|s| agent.net.fits(*s) && !taken.contains(s)) {

@@ -120,8 +120,11 @@ impl NetworkConfig {
         };
         let mtu = match uint_field(&backend, "mtu")? {
             None | Some(0) => None,
-            Some(m) if (576..=65535).contains(&m) => Some(m as u32),
-            Some(m) => bail!("Backend.MTU {m} is out of range"),
+            Some(m) if (576..=u64::from(crate::tap::MAX_TAP_MTU)).contains(&m) => Some(m as u32),
+            Some(m) => bail!(
+                "Backend.MTU {m} is out of range (576 to {}, a tap's limit)",
+                crate::tap::MAX_TAP_MTU
+            ),
         };
         Ok(NetworkConfig {
             network,
@@ -140,6 +143,16 @@ impl NetworkConfig {
             && subnet.network() == subnet.addr()
             && self.subnet_min <= subnet.network()
             && subnet.network() <= self.subnet_max
+    }
+
+    /// Whether another node's lease for `subnet` may be routed: only subnets this network
+    /// could have handed out, never one that covers a default route, our own subnet
+    /// (`own`), or anything outside the overlay.
+    pub fn routable(&self, subnet: Ipv4Net, own: Ipv4Net) -> bool {
+        self.network.contains(&subnet)
+            && subnet.prefix_len() == self.subnet_len
+            && !subnet.contains(&own.network())
+            && !own.contains(&subnet.network())
     }
 
     /// Every leasable subnet, lowest first.
@@ -179,6 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn only_leases_of_this_network_are_routed() {
+        let c = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        let own: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert!(c.routable(net("10.244.4.0/24"), own));
+        for bad in [
+            "0.0.0.0/0",
+            "10.244.3.0/25",
+            "10.244.0.0/16",
+            "10.245.1.0/24",
+            "10.244.3.0/24",
+        ] {
+            assert!(!c.routable(net(bad), own), "{bad} would be routed");
+        }
+    }
+
+    #[test]
     fn bad_configs_are_explained() {
         for (text, expect) in [
             ("{", "not JSON"),
@@ -206,6 +237,10 @@ mod tests {
             (
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#,
                 "VNI 0",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":65535}}"#,
+                "Backend.MTU 65535",
             ),
         ] {
             let err = NetworkConfig::parse(text).unwrap_err().to_string();
