@@ -312,3 +312,29 @@ fn flushed_firewall_rules_are_restored() {
         .log()
         .contains("firewall rules were missing; restored them"));
 }
+
+#[test]
+fn endpoints_of_an_old_subnet_are_detached_at_restart() {
+    let mut s = setup("10.244.3.1/24");
+    let c = s.runc.run("old", &s.bundle).unwrap();
+    let before = s.netd.status().endpoints;
+    let address = before[0].address;
+    let (code, _) = s.netd.proc.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    // flanneld came back with another subnet for this node.
+    std::fs::write(
+        s.dir.join("subnet.env"),
+        subnet_env("10.244.9.1/24", 1450, false),
+    )
+    .unwrap();
+    s.netd = Netd::start(&s.bubble, &s.dir, &[]);
+    assert!(
+        s.netd.log().contains("the bubble's subnet changed"),
+        "{}",
+        s.netd.log()
+    );
+    let old_file = s.dir.join(format!("state/ipam/10.244.3.0-24/{address}"));
+    assert!(!old_file.exists(), "the old subnet's address file is left");
+    s.netd.assert_empty(&s.bubble, &[before[0].forwarder_pid]);
+    drop(c);
+}

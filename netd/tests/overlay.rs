@@ -603,3 +603,26 @@ fn etcd_over_tls_with_client_certificates() {
     assert_eq!(lease.public_ip, h.addr);
     assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).len(), 1);
 }
+
+#[test]
+fn renewal_never_overwrites_a_subnet_another_node_took() {
+    let mut cl = cluster(1);
+    cl.hosts[0].start_netd(&cl.etcd, &["--etcd-lease-ttl", "3"]);
+    let subnet = cl.hosts[0].subnet();
+    let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+    // Another node's lease, as if ours had expired during an outage and it took the subnet.
+    let theirs = r#"{"PublicIP":"192.0.2.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}"#;
+    cl.etcd.put(&key, theirs);
+    let h = &cl.hosts[0];
+    wait_until(
+        "netd to notice at its next renewal",
+        Duration::from_secs(15),
+        || h.netd().log().contains("leased by another node"),
+    );
+    let value = cl.etcd.get_prefix(&key).first().map(|(_, v)| v.clone());
+    assert_eq!(
+        value.as_deref(),
+        Some(theirs),
+        "our renewal overwrote another node's lease"
+    );
+}
