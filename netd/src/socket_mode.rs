@@ -279,6 +279,27 @@ fn send_original(stream: &UnixStream, frame: &[u8]) -> io::Result<()> {
     (&*stream).write_all(&out)
 }
 
+/// After negotiation: make `stream` the peer, deliver a frame read while negotiating,
+/// and carry frames from the peer until the connection ends.
+fn carry(
+    stream: &Arc<UnixStream>,
+    mut reader: FrameReader<&UnixStream>,
+    tap: &Tap,
+    peer: &Peer,
+    framing: Framing,
+    first_frame: Option<Vec<u8>>,
+) -> std::result::Result<(), PumpStopped> {
+    adopt(tap, &mut reader, framing);
+    // The peer first: the answer to the first frame may come back at once.
+    peer.set(stream.clone(), framing);
+    let result = match first_frame {
+        Some(f) => deliver(tap, framing, &f).and_then(|()| peer_to_tap(&mut reader, tap, framing)),
+        None => peer_to_tap(&mut reader, tap, framing),
+    };
+    peer.clear(stream);
+    result
+}
+
 /// Settles the framing: sets the tap's offloads and the reader's limits to match.
 fn adopt(tap: &Tap, reader: &mut FrameReader<&UnixStream>, framing: Framing) {
     if let Err(e) = tap.set_offloads(framing == Framing::Extended) {
@@ -324,15 +345,7 @@ fn serve_one(
         }
     };
     let _ = stream.set_read_timeout(None);
-    adopt(tap, &mut reader, framing);
-    // The peer first: the answer to the first frame may come back at once.
-    peer.set(stream.clone(), framing);
-    if let Some(f) = first_frame {
-        deliver(tap, framing, &f)?;
-    }
-    let result = peer_to_tap(&mut reader, tap, framing);
-    peer.clear(&stream);
-    result
+    carry(&stream, reader, tap, peer, framing, first_frame)
 }
 
 /// Serves one peer at a time on `listener`; a new peer replaces the old one.
@@ -394,14 +407,7 @@ fn client_one(
         }
         let _ = stream.set_read_timeout(None);
     }
-    adopt(tap, &mut reader, framing);
-    peer.set(stream.clone(), framing);
-    if let Some(f) = first_frame {
-        deliver(tap, framing, &f)?;
-    }
-    let result = peer_to_tap(&mut reader, tap, framing);
-    peer.clear(&stream);
-    result
+    carry(&stream, reader, tap, peer, framing, first_frame)
 }
 
 /// Connects to the server at `path`, reconnecting whenever the connection ends.

@@ -150,19 +150,48 @@ fn connect(path: &str) -> UnixStream {
     stream.unwrap()
 }
 
+/// A socket-mode server with its tap set up to answer a fake peer.
+struct Server {
+    ns: Netns,
+    socket: String,
+    tap: String,
+    daemon: Proc,
+    mac: [u8; 6],
+}
+
+impl Server {
+    fn start(suffix: &str) -> Server {
+        let p = prefix();
+        let ns = Netns::new(format!("{p}-{suffix}"));
+        disable_ipv6(&ns);
+        let socket = format!("/tmp/{p}.sock");
+        let tap = format!("{p}{suffix}");
+        let daemon = Proc::spawn(
+            "socket server",
+            ns.cmd(DAEMON)
+                .args(["--mode", "server", "--socket", &socket, "--tap", &tap]),
+        );
+        let mac = tap_with_static_peer(&ns, &tap);
+        Server {
+            ns,
+            socket,
+            tap,
+            daemon,
+            mac,
+        }
+    }
+}
+
 #[test]
 fn server_reads_and_writes_the_original_byte_stream() {
-    let p = prefix();
-    let ns = Netns::new(format!("{p}-s"));
-    disable_ipv6(&ns);
-    let socket = format!("/tmp/{p}.sock");
-    let tap = format!("{p}s");
-    let mut daemon = Proc::spawn(
-        "socket server",
-        ns.cmd(DAEMON)
-            .args(["--mode", "server", "--socket", &socket, "--tap", &tap]),
-    );
-    let mac = tap_with_static_peer(&ns, &tap);
+    let Server {
+        ns,
+        socket,
+        tap,
+        mut daemon,
+        mac,
+        ..
+    } = Server::start("s");
     let mut stream = connect(&socket);
 
     // Three back-to-back frames in one write, then one frame split across three writes.
@@ -221,17 +250,14 @@ fn client_speaks_the_original_byte_stream() {
 /// Sends `bad` after one valid frame; the daemon must deliver the valid frame, drop the
 /// connection, write nothing else to the tap, and keep serving new connections.
 fn garbled(name: &str, bad: &[u8], close_after: bool) {
-    let p = prefix();
-    let ns = Netns::new(format!("{p}-g"));
-    disable_ipv6(&ns);
-    let socket = format!("/tmp/{p}.sock");
-    let tap = format!("{p}g");
-    let mut daemon = Proc::spawn(
-        "socket server",
-        ns.cmd(DAEMON)
-            .args(["--mode", "server", "--socket", &socket, "--tap", &tap]),
-    );
-    let mac = tap_with_static_peer(&ns, &tap);
+    let Server {
+        ns,
+        socket,
+        tap,
+        mut daemon,
+        mac,
+        ..
+    } = Server::start("g");
 
     let mut stream = connect(&socket);
     let mut data = golden(&echo_request(mac, 1, 56));
@@ -303,17 +329,14 @@ fn control(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn extended_framing_is_negotiated_and_carries_the_header() {
-    let p = prefix();
-    let ns = Netns::new(format!("{p}-x"));
-    disable_ipv6(&ns);
-    let socket = format!("/tmp/{p}.sock");
-    let tap = format!("{p}x");
-    let mut daemon = Proc::spawn(
-        "socket server",
-        ns.cmd(DAEMON)
-            .args(["--mode", "server", "--socket", &socket, "--tap", &tap]),
-    );
-    let mac = tap_with_static_peer(&ns, &tap);
+    let Server {
+        ns,
+        socket,
+        tap,
+        mut daemon,
+        mac,
+        ..
+    } = Server::start("x");
     let mut stream = connect(&socket);
     stream
         .write_all(&golden(&control(b"hpk-net-daemon vnet-hdr v1 hello")))
