@@ -150,6 +150,15 @@ fn connect(path: &str) -> UnixStream {
     stream.unwrap()
 }
 
+/// Removes a file when the test ends, passed or failed.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A socket-mode server with its tap set up to answer a fake peer.
 struct Server {
     ns: Netns,
@@ -232,6 +241,7 @@ fn client_speaks_the_original_byte_stream() {
     disable_ipv6(&ns);
     let socket = format!("/tmp/{p}.sock");
     let listener = UnixListener::bind(&socket).unwrap();
+    let _cleanup = RemoveOnDrop(std::path::PathBuf::from(&socket));
     let tap = format!("{p}c");
     let _daemon = Proc::spawn(
         "socket client",
@@ -244,7 +254,6 @@ fn client_speaks_the_original_byte_stream() {
         .write_all(&golden(&echo_request(mac, 9, 100)))
         .unwrap();
     assert_eq!(read_echo_replies(&mut stream, 1), [9]);
-    std::fs::remove_file(&socket).unwrap();
 }
 
 /// Sends `bad` after one valid frame; the daemon must deliver the valid frame, drop the
