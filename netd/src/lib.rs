@@ -1,9 +1,10 @@
 //! hpk-netd: the network side of an hpktainer bubble.
 //!
 //! Two programs share this crate. `hpk-netd` owns a bubble's network: its subnet (from a
-//! real flanneld, or its own flannel-compatible agent over etcd), the bridge, NAT, addresses, and each container's endpoint. `hpk-net-daemon`
-//! is the per-container data path: taps with the virtio-net header, tap-to-tap
-//! forwarding, and the original tool's socket framing.
+//! real flanneld, or its own flannel-compatible agent over etcd), the bridge, NAT,
+//! addresses, and each container's endpoint. `hpk-net-daemon` is the per-container data
+//! path: taps with the virtio-net header, tap-to-tap forwarding, and socket mode in the
+//! original tool's framing or our extended one.
 
 pub mod bubble;
 pub mod config;

@@ -313,18 +313,28 @@ fn print_status(s: &Status) {
         "subnet      {} (gateway {} on {}, MTU {})",
         s.subnet, s.gateway, s.bridge, s.mtu
     );
-    println!(
-        "masquerade  {}",
-        if s.masquerade { "on" } else { "off (not ours)" }
-    );
+    let masquerade = if s.masquerade {
+        "on (bubble chain HPK-POSTRTG)"
+    } else {
+        "not by the bubble (flannel's ip-masq rules, or off)"
+    };
+    println!("masquerade  {masquerade}");
     println!(
         "addresses   {} of {} in use",
         s.addresses_in_use, s.addresses_total
     );
     if let Some(lease) = &s.lease {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left = lease.expires.saturating_sub(now);
         println!(
-            "lease       {} for {} until {}",
-            lease.subnet, lease.public_ip, lease.expires
+            "lease       {} for {}, expires in {}h{:02}m{:02}s",
+            lease.subnet,
+            lease.public_ip,
+            left / 3600,
+            left % 3600 / 60,
+            left % 60
         );
     }
     for p in &s.peers {
