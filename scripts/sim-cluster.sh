@@ -32,8 +32,6 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-in_host() { local h=$1; shift; nsenter --net="/run/netns/$p-h$h" "$@"; }
-ctl() { ETCDCTL_API=3 in_host 1 etcdctl --endpoints http://192.0.2.11:2379 "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 runc_in() { local h=$1; shift; in_host "$h" runc --root "$dir/h$h/runc" "$@"; }
 
@@ -55,26 +53,11 @@ echo "hello from the outside world" >"$dir/www/index.html"
 ip netns exec "$p-out" busybox httpd -f -p 198.51.100.2:80 -h "$dir/www" &
 pids+=($!)
 
-for h in $(seq "$hosts"); do
-    ip netns add "$p-h$h"
-    ip link add "$p$h" netns "$p-lan" type veth peer name eth0 netns "$p-h$h"
-    ip -n "$p-lan" link set "$p$h" master lanbr up
-    ip -n "$p-h$h" link set eth0 up
-    ip -n "$p-h$h" link set lo up
-    ip -n "$p-h$h" addr add "192.0.2.1$h/24" dev eth0
-    ip -n "$p-h$h" route add default via 192.0.2.1
-    mkdir -p "$dir/h$h"
-done
+for h in $(seq "$hosts"); do lan_host "$h" 192.0.2.1; done
 echo "hosts: $(seq -f "$p-h%g" -s ' ' "$hosts")"
 
 step "etcd on h1, network config 10.244.0.0/16 (vxlan), as for flannel"
-nsenter --net="/run/netns/$p-h1" etcd --name n1 --data-dir "$dir/etcd" --listen-client-urls http://192.0.2.11:2379 \
-    --advertise-client-urls http://192.0.2.11:2379 --listen-peer-urls http://127.0.0.1:2380 \
-    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster n1=http://127.0.0.1:2380 \
-    >/dev/null 2>"$dir/etcd.log" &
-pids+=($!)
-wait_for "etcd" ctl endpoint health
-ctl put /coreos.com/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' >/dev/null
+start_etcd
 
 step "hpk-netd on every host: lease a subnet, flannel.1, hpk-bridge, NAT"
 for h in $(seq "$hosts"); do

@@ -64,3 +64,32 @@ scratch() {
     p=$1$(printf '%04x' $((RANDOM)))
     dir=$(mktemp -d "/tmp/$p.XXXX")
 }
+
+# The simulated cluster's LAN: hosts $p-h1.. on a bridge in $p-lan, 192.0.2.1N/24, etcd
+# on h1 at 192.0.2.11. Callers set $p and $dir, and collect daemon PIDs in `pids`.
+in_host() { local h=$1; shift; nsenter --net="/run/netns/$p-h$h" "$@"; }
+ctl() { ETCDCTL_API=3 in_host 1 etcdctl --endpoints http://192.0.2.11:2379 "$@"; }
+
+# lan_host N [GATEWAY]: host namespace $p-hN on the LAN, state directory $dir/hN.
+lan_host() {
+    local h=$1 gw=${2:-}
+    ip netns add "$p-h$h"
+    ip link add "$p$h" netns "$p-lan" type veth peer name eth0 netns "$p-h$h"
+    ip -n "$p-lan" link set "$p$h" master lanbr up
+    ip -n "$p-h$h" link set eth0 up
+    ip -n "$p-h$h" link set lo up
+    ip -n "$p-h$h" addr add "192.0.2.1$h/24" dev eth0
+    [ -z "$gw" ] || ip -n "$p-h$h" route add default via "$gw"
+    mkdir -p "$dir/h$h"
+}
+
+# start_etcd: etcd on h1 with flannel's network config 10.244.0.0/16 (vxlan).
+start_etcd() {
+    nsenter --net="/run/netns/$p-h1" etcd --name n1 --data-dir "$dir/etcd" --listen-client-urls http://192.0.2.11:2379 \
+        --advertise-client-urls http://192.0.2.11:2379 --listen-peer-urls http://127.0.0.1:2380 \
+        --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster n1=http://127.0.0.1:2380 \
+        >/dev/null 2>"$dir/etcd.log" &
+    pids+=($!)
+    wait_for "etcd" ctl endpoint health
+    ctl put /coreos.com/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' >/dev/null
+}

@@ -30,28 +30,12 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-in_host() { local h=$1; shift; nsenter --net="/run/netns/$p-h$h" "$@"; }
-ctl() { ETCDCTL_API=3 in_host 1 etcdctl --endpoints http://192.0.2.11:2379 "$@"; }
 
 ip netns add "$p-lan"
 ip -n "$p-lan" link add lanbr type bridge
 ip -n "$p-lan" link set lanbr up
-for h in 1 2; do
-    ip netns add "$p-h$h"
-    ip link add "$p$h" netns "$p-lan" type veth peer name eth0 netns "$p-h$h"
-    ip -n "$p-lan" link set "$p$h" master lanbr up
-    ip -n "$p-h$h" link set eth0 up
-    ip -n "$p-h$h" link set lo up
-    ip -n "$p-h$h" addr add "192.0.2.1$h/24" dev eth0
-    mkdir -p "$dir/h$h"
-done
-nsenter --net="/run/netns/$p-h1" etcd --name n1 --data-dir "$dir/etcd" --listen-client-urls http://192.0.2.11:2379 \
-    --advertise-client-urls http://192.0.2.11:2379 --listen-peer-urls http://127.0.0.1:2380 \
-    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster n1=http://127.0.0.1:2380 \
-    >/dev/null 2>"$dir/etcd.log" &
-pids+=($!)
-wait_for "etcd" ctl endpoint health
-ctl put /coreos.com/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' >/dev/null
+for h in 1 2; do lan_host "$h"; done
+start_etcd
 
 start_netd() { # HOST
     nsenter --net="/run/netns/$p-h$1" "$netd" run --subnet-source etcd --etcd-endpoints http://192.0.2.11:2379 --iface eth0 \
