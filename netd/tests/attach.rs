@@ -1,8 +1,6 @@
 //! Containers started by real runc with our hooks, in a bubble run by hpk-netd: addresses,
 //! neighbours, the outside world through NAT, supervision and restarts.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,77 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::runc::{bundle, rootfs, BundleSpec, Runc};
-use support::world::{echo_from, subnet_env, Netd, Scratch, World};
-use support::*;
-
-/// A world with one bubble host running hpk-netd on 10.244.3.0/24.
-// Fields drop in order: netd (with its log) before the scratch directory goes.
-struct Setup {
-    netd: Netd,
-    runc: Runc,
-    bundle: std::path::PathBuf,
-    bubble: Netns,
-    world: World,
-    dir: std::path::PathBuf,
-    _scratch: Scratch,
-}
-
-fn setup(subnet: &str) -> Setup {
-    let p = prefix();
-    let scratch = Scratch::new(&p);
-    let dir = scratch.0.clone();
-    let mut world = World::new(&p);
-    let (bubble, _) = world.host("b");
-    std::fs::write(dir.join("subnet.env"), subnet_env(subnet, 1450, false)).unwrap();
-    let netd = Netd::start(&bubble, &dir, &[]);
-    rootfs(&dir);
-    let bundle = bundle(
-        &dir,
-        "sleeper",
-        &BundleSpec {
-            args: &["sleep", "600"],
-            socket: &netd.socket,
-            annotations: &[],
-            rootless: false,
-            no_hooks: false,
-        },
-    );
-    let runc = Runc::new(&bubble, &dir);
-    Setup {
-        _scratch: scratch,
-        dir,
-        world,
-        bubble,
-        netd,
-        runc,
-        bundle,
-    }
-}
-
-fn address_of(netd: &Netd, id: &str) -> Ipv4Addr {
-    netd.status()
-        .endpoints
-        .iter()
-        .find(|e| e.id == id)
-        .unwrap_or_else(|| panic!("{id} is not attached"))
-        .address
-}
-
-fn forwarders(netd: &Netd) -> Vec<i32> {
-    netd.status()
-        .endpoints
-        .iter()
-        .map(|e| e.forwarder_pid)
-        .collect()
-}
+use testkit::cluster::Site;
+use testkit::netd::subnet_env;
+use testkit::runc::{bundle, BundleSpec};
+use testkit::world::echo_from;
+use testkit::*;
 
 #[test]
 fn containers_get_addresses_reach_each_other_and_the_outside() {
-    let s = setup("10.244.3.1/24");
-    let c1 = s.runc.run("c1", &s.bundle).expect("c1 starts");
-    let c2 = s.runc.run("c2", &s.bundle).expect("c2 starts");
-    let (a1, a2) = (address_of(&s.netd, "c1"), address_of(&s.netd, "c2"));
+    let s = Site::flannel("10.244.3.1/24");
+    let c1 = s.host.runc.run("c1", &s.host.bundle).expect("c1 starts");
+    let c2 = s.host.runc.run("c2", &s.host.bundle).expect("c2 starts");
+    let (a1, a2) = (s.host.address_of("c1"), s.host.address_of("c2"));
     assert_ne!(a1, a2);
     let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
     assert!(subnet.contains(&a1) && subnet.contains(&a2));
@@ -111,18 +50,18 @@ fn containers_get_addresses_reach_each_other_and_the_outside() {
     let peers = s.world.echo_peers.lock().unwrap().clone();
     assert_eq!(peers.last().unwrap().ip(), Ipv4Addr::new(192, 0, 2, 11));
 
-    let fw = forwarders(&s.netd);
+    let fw = s.host.forwarders();
     c1.stop();
     c2.stop();
-    s.netd.assert_empty(&s.bubble, &fw);
+    s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
 #[test]
 fn fifty_containers_at_once() {
-    let s = setup("10.244.3.1/24");
+    let s = Site::flannel("10.244.3.1/24");
     let handles: Vec<_> = (0..50)
         .map(|i| {
-            let (runc, bundle) = (s.runc.clone(), s.bundle.clone());
+            let (runc, bundle) = (s.host.runc.clone(), s.host.bundle.clone());
             std::thread::spawn(move || runc.run(&format!("many-{i:02}"), &bundle))
         })
         .collect();
@@ -130,19 +69,19 @@ fn fifty_containers_at_once() {
         .into_iter()
         .map(|h| h.join().unwrap().expect("container starts"))
         .collect();
-    let status = s.netd.status();
+    let status = s.host.netd().status();
     assert_eq!(status.endpoints.len(), 50);
     let unique: HashSet<_> = status.endpoints.iter().map(|e| e.address).collect();
     assert_eq!(unique.len(), 50, "addresses handed out twice");
     for e in &status.endpoints {
         assert!(
-            s.bubble.ping(&e.address.to_string()),
+            s.host.ns.ping(&e.address.to_string()),
             "{} ({}) unreachable",
             e.id,
             e.address
         );
     }
-    let fw = forwarders(&s.netd);
+    let fw = s.host.forwarders();
     let stoppers: Vec<_> = containers
         .into_iter()
         .map(|c| std::thread::spawn(move || c.stop()))
@@ -150,25 +89,31 @@ fn fifty_containers_at_once() {
     for t in stoppers {
         t.join().unwrap();
     }
-    s.netd.assert_empty(&s.bubble, &fw);
+    s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
 #[test]
 fn killed_runtime_endpoint_is_reclaimed() {
-    let s = setup("10.244.3.1/24");
+    let s = Site::flannel("10.244.3.1/24");
     // A foreground `runc run`, killed with its container: no poststop ever runs.
     let mut runtime = Proc::spawn(
         "runc run",
-        s.runc
+        s.host
+            .runc
             .cmd()
             .args(["run", "--bundle"])
-            .arg(&s.bundle)
+            .arg(&s.host.bundle)
             .arg("doomed"),
     );
     wait_until("doomed to be attached", Duration::from_secs(20), || {
-        s.netd.status().endpoints.iter().any(|e| e.id == "doomed")
+        s.host
+            .netd()
+            .status()
+            .endpoints
+            .iter()
+            .any(|e| e.id == "doomed")
     });
-    let status = s.netd.status();
+    let status = s.host.netd().status();
     let victim = status.endpoints.iter().find(|e| e.id == "doomed").unwrap();
     let fw = vec![victim.forwarder_pid];
     runtime.stop_with(Signal::SIGKILL);
@@ -176,30 +121,35 @@ fn killed_runtime_endpoint_is_reclaimed() {
     wait_until(
         "the endpoint to be reclaimed",
         Duration::from_secs(10),
-        || s.netd.status().endpoints.is_empty(),
+        || s.host.netd().status().endpoints.is_empty(),
     );
-    s.netd.assert_empty(&s.bubble, &fw);
-    let _ = s.runc.cmd().args(["delete", "--force", "doomed"]).output();
+    s.host.netd().assert_empty(&s.host.ns, &fw);
+    let _ = s
+        .host
+        .runc
+        .cmd()
+        .args(["delete", "--force", "doomed"])
+        .output();
 }
 
 #[test]
 fn netd_restart_keeps_traffic_flowing() {
-    let mut s = setup("10.244.3.1/24");
-    let c1 = s.runc.run("r1", &s.bundle).unwrap();
-    let c2 = s.runc.run("r2", &s.bundle).unwrap();
-    let a2 = address_of(&s.netd, "r2");
-    let before = s.netd.status().endpoints;
+    let mut s = Site::flannel("10.244.3.1/24");
+    let c1 = s.host.runc.run("r1", &s.host.bundle).unwrap();
+    let c2 = s.host.runc.run("r2", &s.host.bundle).unwrap();
+    let a2 = s.host.address_of("r2");
+    let before = s.host.netd().status().endpoints;
 
     let done = Arc::new(AtomicBool::new(false));
     let transfer = tcp_stream(&c2.netns(), &c1.netns(), a2, 16 << 20, done.clone());
-    let (code, _) = s.netd.proc.stop_with(Signal::SIGTERM);
+    let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGTERM);
     assert_eq!(code, Some(0));
-    s.netd = Netd::start(&s.bubble, &s.dir, &[]);
+    s.host.start_netd(&[]);
     done.store(true, Ordering::SeqCst);
     let moved = transfer.check();
     assert!(moved >= 16 << 20);
 
-    let after = s.netd.status().endpoints;
+    let after = s.host.netd().status().endpoints;
     let key =
         |e: &hpk_hook::proto::EndpointStatus| (e.id.clone(), e.address, e.pid, e.forwarder_pid);
     assert_eq!(
@@ -214,7 +164,8 @@ fn netd_restart_keeps_traffic_flowing() {
         "the forwarder to be restarted",
         Duration::from_secs(10),
         || {
-            s.netd
+            s.host
+                .netd()
                 .status()
                 .endpoints
                 .iter()
@@ -225,56 +176,64 @@ fn netd_restart_keeps_traffic_flowing() {
         c1.ping(&a2.to_string()),
         "no traffic after the forwarder restart"
     );
-    let fw = forwarders(&s.netd);
+    let fw = s.host.forwarders();
     c1.stop();
     c2.stop();
-    s.netd.assert_empty(&s.bubble, &fw);
+    s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
 #[test]
 fn annotations_opt_out_and_request_an_address() {
-    let s = setup("10.244.3.1/24");
+    let s = Site::flannel("10.244.3.1/24");
     let spec = |annotations| BundleSpec {
         args: &["sleep", "600"],
-        socket: &s.netd.socket,
+        socket: &s.host.netd().socket,
         annotations,
         rootless: false,
         no_hooks: false,
     };
-    let opted_out = bundle(&s.dir, "none", &spec(&[("io.hpktainer.network", "none")]));
+    let opted_out = bundle(
+        &s.scratch.0,
+        "none",
+        &spec(&[("io.hpktainer.network", "none")]),
+    );
     let c = s
+        .host
         .runc
         .run("loner", &opted_out)
         .expect("opted-out container starts");
-    assert!(s.netd.status().endpoints.is_empty());
+    assert!(s.host.netd().status().endpoints.is_empty());
     assert!(!c.exec(&["ip", "link", "show", "tap0"]).status.success());
     c.stop();
 
     let fixed = bundle(
-        &s.dir,
+        &s.scratch.0,
         "fixed",
         &spec(&[("io.hpktainer.ip", "10.244.3.200")]),
     );
     let c = s
+        .host
         .runc
         .run("fixed", &fixed)
         .expect("container with a static address starts");
-    assert_eq!(address_of(&s.netd, "fixed"), Ipv4Addr::new(10, 244, 3, 200));
+    assert_eq!(s.host.address_of("fixed"), Ipv4Addr::new(10, 244, 3, 200));
     let err = s
+        .host
         .runc
         .run("clash", &fixed)
         .expect_err("a second claim of the same address");
     assert!(err.contains("10.244.3.200 is in use by fixed"), "{err}");
-    let fw = forwarders(&s.netd);
+    let fw = s.host.forwarders();
     c.stop();
-    s.netd.assert_empty(&s.bubble, &fw);
+    s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
 #[test]
 fn flushed_firewall_rules_are_restored() {
-    let s = setup("10.244.3.1/24");
+    let s = Site::flannel("10.244.3.1/24");
     let check = |table: &str, args: &[&str]| {
-        s.bubble
+        s.host
+            .ns
             .cmd("iptables")
             .args(["-w", "-t", table, "-C"])
             .args(args)
@@ -296,11 +255,13 @@ fn flushed_firewall_rules_are_restored() {
     ];
     assert!(check("nat", &masq) && check("filter", &["FORWARD", "-j", "HPK-FWD"]));
     run(s
-        .bubble
+        .host
+        .ns
         .cmd("iptables")
         .args(["-w", "-t", "nat", "-F", "HPK-POSTRTG"]));
     run(s
-        .bubble
+        .host
+        .ns
         .cmd("iptables")
         .args(["-w", "-t", "filter", "-D", "FORWARD", "-j", "HPK-FWD"]));
     assert!(!check("nat", &masq));
@@ -308,33 +269,39 @@ fn flushed_firewall_rules_are_restored() {
         check("nat", &masq) && check("filter", &["FORWARD", "-j", "HPK-FWD"])
     });
     assert!(s
-        .netd
+        .host
+        .netd()
         .log()
         .contains("firewall rules were missing; restored them"));
 }
 
 #[test]
 fn endpoints_of_an_old_subnet_are_detached_at_restart() {
-    let mut s = setup("10.244.3.1/24");
-    let c = s.runc.run("old", &s.bundle).unwrap();
-    let before = s.netd.status().endpoints;
+    let mut s = Site::flannel("10.244.3.1/24");
+    let c = s.host.runc.run("old", &s.host.bundle).unwrap();
+    let before = s.host.netd().status().endpoints;
     let address = before[0].address;
-    let (code, _) = s.netd.proc.stop_with(Signal::SIGTERM);
+    let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGTERM);
     assert_eq!(code, Some(0));
     // flanneld came back with another subnet for this node.
     std::fs::write(
-        s.dir.join("subnet.env"),
+        s.host.dir.join("subnet.env"),
         subnet_env("10.244.9.1/24", 1450, false),
     )
     .unwrap();
-    s.netd = Netd::start(&s.bubble, &s.dir, &[]);
+    s.host.start_netd(&[]);
     assert!(
-        s.netd.log().contains("the bubble's subnet changed"),
+        s.host.netd().log().contains("the bubble's subnet changed"),
         "{}",
-        s.netd.log()
+        s.host.netd().log()
     );
-    let old_file = s.dir.join(format!("state/ipam/10.244.3.0-24/{address}"));
+    let old_file = s
+        .host
+        .dir
+        .join(format!("state/ipam/10.244.3.0-24/{address}"));
     assert!(!old_file.exists(), "the old subnet's address file is left");
-    s.netd.assert_empty(&s.bubble, &[before[0].forwarder_pid]);
+    s.host
+        .netd()
+        .assert_empty(&s.host.ns, &[before[0].forwarder_pid]);
     drop(c);
 }

@@ -1,19 +1,17 @@
 //! Hooks and hpk-netd facing bad input: each case gets its clear error, a non-zero exit
 //! where it should, and leaves nothing behind.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::runc::{bundle, rootfs, BundleSpec, Runc};
-use support::world::{subnet_env, Netd, Scratch};
-use support::*;
+use testkit::netd::{subnet_env, Netd};
+use testkit::runc::{bundle, rootfs, BundleSpec, Runc};
+use testkit::*;
 
 fn hook() -> std::path::PathBuf {
-    sibling_binary("hpk-hook")
+    hook_binary()
 }
 
 /// Runs the hook with `state` on stdin; returns (exit code, stderr).

@@ -1,10 +1,10 @@
 //! What the forwarder says when it cannot start, and that it leaves nothing behind.
 
-mod support;
-
 use std::process::{Command, Stdio};
 
-use support::*;
+use testkit::*;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_hpk-net-daemon");
 
 /// Runs `cmd` to completion; asserts a failure whose message contains `expect`.
 fn fails_with(cmd: &mut Command, expect: &str) {

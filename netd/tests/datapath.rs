@@ -1,13 +1,13 @@
 //! Container-to-container traffic through a bubble's bridge, over each data path.
 //! Needs root: every test builds its own namespaces and removes them.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::*;
+use testkit::*;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_hpk-net-daemon");
 
 #[derive(Clone, Copy, Debug)]
 enum Method {

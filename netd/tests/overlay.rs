@@ -1,135 +1,19 @@
 //! The built-in flannel-compatible agent: hosts on a LAN, a real etcd, real vxlan, runc
 //! containers on each host reaching each other, and a lease written as flanneld would.
 
-mod support;
-
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::etcd::Etcd;
-use support::runc::{bundle, rootfs, BundleSpec, Container, Runc};
-use support::world::{Netd, Scratch, World};
-use support::*;
+use testkit::cluster::{Cluster, Host, Site, ETCD_PREFIX, NETWORK_CONFIG};
+use testkit::etcd::Etcd;
+use testkit::runc::Container;
+use testkit::*;
 
-const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-const PREFIX: &str = "/coreos.com/network";
-
-struct Host {
-    name: String,
-    ns: Netns,
-    addr: Ipv4Addr,
-    dir: PathBuf,
-    netd: Option<Netd>,
-    runc: Runc,
-    bundle: PathBuf,
-}
-
-impl Host {
-    fn start_netd(&mut self, etcd: &Etcd, extra: &[&str]) {
-        let mut args = vec![
-            "--subnet-source",
-            "etcd",
-            "--etcd-endpoints",
-            &etcd.url,
-            "--iface",
-            "eth0",
-        ];
-        args.extend_from_slice(extra);
-        self.netd = Some(Netd::start(&self.ns, &self.dir, &args));
-    }
-
-    fn netd(&self) -> &Netd {
-        self.netd.as_ref().expect("netd runs")
-    }
-
-    fn subnet(&self) -> String {
-        self.netd().status().subnet
-    }
-
-    fn container(&self, id: &str) -> (Container, Ipv4Addr) {
-        let c = self
-            .runc
-            .run(id, &self.bundle)
-            .unwrap_or_else(|e| panic!("{id} on {}: {e}", self.name));
-        let addr = self
-            .netd()
-            .status()
-            .endpoints
-            .iter()
-            .find(|e| e.id == id)
-            .unwrap()
-            .address;
-        (c, addr)
-    }
-
-    /// Whether this host has a route for `subnet` through flannel.1.
-    fn routes_to(&self, subnet: &str) -> bool {
-        let out = self.ns.ip(&["route", "show", subnet]);
-        String::from_utf8_lossy(&out.stdout).contains("dev flannel.1")
-    }
-
-    fn neighbours(&self) -> String {
-        let out = self.ns.ip(&["neigh", "show", "dev", "flannel.1"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-// Fields drop in order: hosts (netd, containers) before etcd, the world, the scratch dir.
-struct Cluster {
-    hosts: Vec<Host>,
-    etcd: Etcd,
-    _world: World,
-    scratch: Scratch,
-}
-
-/// `n` hosts on the LAN, etcd on the first, the network config written.
-fn cluster(n: usize) -> Cluster {
-    let p = prefix();
-    let scratch = Scratch::new(&p);
-    let mut world = World::new(&p);
-    rootfs(&scratch.0);
-    let mut hosts = Vec::new();
-    for i in 1..=n {
-        let name = format!("h{i}");
-        let (ns, addr) = world.host(&name);
-        let dir = scratch.0.join(&name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let bundle = bundle(
-            &scratch.0,
-            &format!("{name}-bundle"),
-            &BundleSpec {
-                args: &["sleep", "600"],
-                socket: &dir.join("netd.sock"),
-                annotations: &[],
-                rootless: false,
-                no_hooks: false,
-            },
-        );
-        let runc = Runc::new(&ns, &dir);
-        hosts.push(Host {
-            name,
-            ns,
-            addr,
-            dir,
-            netd: None,
-            runc,
-            bundle,
-        });
-    }
-    let etcd = Etcd::start(&hosts[0].ns, hosts[0].addr, &scratch.0);
-    etcd.put(&format!("{PREFIX}/config"), CONFIG);
-    Cluster {
-        hosts,
-        etcd,
-        _world: world,
-        scratch,
-    }
-}
+const PREFIX: &str = ETCD_PREFIX;
 
 fn ping(c: &Container, addr: Ipv4Addr) -> bool {
     c.ping(&addr.to_string())
@@ -137,10 +21,8 @@ fn ping(c: &Container, addr: Ipv4Addr) -> bool {
 
 #[test]
 fn containers_on_three_hosts_reach_each_other() {
-    let mut cl = cluster(3);
-    for h in &mut cl.hosts {
-        h.start_netd(&cl.etcd, &[]);
-    }
+    let mut cl = Cluster::new(3);
+    cl.start_all();
     let subnets: Vec<String> = cl.hosts.iter().map(Host::subnet).collect();
     assert!(
         subnets[0] != subnets[1] && subnets[1] != subnets[2] && subnets[0] != subnets[2],
@@ -318,8 +200,8 @@ fn flanneld_fixture(etcd: &Etcd, ns: &Netns, addr: Ipv4Addr) -> Ipv4Addr {
 
 #[test]
 fn coexists_with_a_flanneld_node() {
-    let mut cl = cluster(2);
-    cl.hosts[0].start_netd(&cl.etcd, &[]);
+    let mut cl = Cluster::new(2);
+    cl.hosts[0].start_netd_etcd(&cl.etcd, &[]);
     let (c, _) = cl.hosts[0].container("ours");
     let fixture = flanneld_fixture(&cl.etcd, &cl.hosts[1].ns, cl.hosts[1].addr);
     wait_until(
@@ -335,10 +217,10 @@ fn coexists_with_a_flanneld_node() {
 
 #[test]
 fn leaving_hosts_are_forgotten_and_a_restart_keeps_the_subnet() {
-    let mut cl = cluster(3);
-    cl.hosts[0].start_netd(&cl.etcd, &[]);
-    cl.hosts[1].start_netd(&cl.etcd, &[]);
-    cl.hosts[2].start_netd(&cl.etcd, &["--etcd-lease-ttl", "4"]);
+    let mut cl = Cluster::new(3);
+    cl.hosts[0].start_netd_etcd(&cl.etcd, &[]);
+    cl.hosts[1].start_netd_etcd(&cl.etcd, &[]);
+    cl.hosts[2].start_netd_etcd(&cl.etcd, &["--etcd-lease-ttl", "4"]);
     let (s1, s2) = (cl.hosts[1].subnet(), cl.hosts[2].subnet());
     let h0 = &cl.hosts[0];
     wait_until("routes to both peers", Duration::from_secs(10), || {
@@ -399,17 +281,15 @@ fn leaving_hosts_are_forgotten_and_a_restart_keeps_the_subnet() {
         .proc
         .stop_with(Signal::SIGTERM);
     let etcd = &cl.etcd;
-    cl.hosts[0].start_netd(etcd, &[]);
+    cl.hosts[0].start_netd_etcd(etcd, &[]);
     assert_eq!(cl.hosts[0].subnet(), before);
     assert_eq!(cl.etcd.get_prefix(&format!("{PREFIX}/subnets/")).len(), 1);
 }
 
 #[test]
 fn garbled_values_change_nothing_for_valid_peers() {
-    let mut cl = cluster(2);
-    for h in &mut cl.hosts {
-        h.start_netd(&cl.etcd, &[]);
-    }
+    let mut cl = Cluster::new(2);
+    cl.start_all();
     let (c0, _) = cl.hosts[0].container("g0");
     let (_c1, a1) = cl.hosts[1].container("g1");
     wait_until("c0 to reach c1", Duration::from_secs(10), || ping(&c0, a1));
@@ -437,9 +317,9 @@ fn garbled_values_change_nothing_for_valid_peers() {
 
 #[test]
 fn etcd_outage_keeps_traffic_and_later_joins_are_learned() {
-    let mut cl = cluster(3);
-    cl.hosts[0].start_netd(&cl.etcd, &[]);
-    cl.hosts[1].start_netd(&cl.etcd, &[]);
+    let mut cl = Cluster::new(3);
+    cl.hosts[0].start_netd_etcd(&cl.etcd, &[]);
+    cl.hosts[1].start_netd_etcd(&cl.etcd, &[]);
     let (c0, _) = cl.hosts[0].container("o0");
     let (c1, a1) = cl.hosts[1].container("o1");
     wait_until("c0 to reach c1", Duration::from_secs(10), || ping(&c0, a1));
@@ -462,7 +342,7 @@ fn etcd_outage_keeps_traffic_and_later_joins_are_learned() {
 
     cl.etcd.restart();
     let etcd = &cl.etcd;
-    cl.hosts[2].start_netd(etcd, &[]);
+    cl.hosts[2].start_netd_etcd(etcd, &[]);
     let (_c2, a2) = cl.hosts[2].container("o2");
     let s2 = cl.hosts[2].subnet();
     let h0 = &cl.hosts[0];
@@ -474,80 +354,29 @@ fn etcd_outage_keeps_traffic_and_later_joins_are_learned() {
         Duration::from_secs(10),
         || ping(&c0, a2),
     );
-    let _ = &cl.scratch;
-}
-
-/// hpk-netd started with its etcd source, its log in `dir/netd.log`.
-fn netd_proc(h: &Host, url: &str) -> Proc {
-    let log = std::fs::File::create(h.dir.join("netd.log")).unwrap();
-    let child = Netd::command(
-        &h.ns,
-        &h.dir,
-        &[
-            "--subnet-source",
-            "etcd",
-            "--etcd-endpoints",
-            url,
-            "--iface",
-            "eth0",
-        ],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(log)
-    .spawn()
-    .unwrap();
-    Proc {
-        child,
-        what: "hpk-netd".into(),
-    }
-}
-
-fn log_says(h: &Host, text: &str) -> bool {
-    std::fs::read_to_string(h.dir.join("netd.log"))
-        .unwrap_or_default()
-        .contains(text)
-}
-
-/// One host on the LAN with no etcd, no config and no netd yet.
-fn lone_host() -> (Scratch, World, Host) {
-    let p = prefix();
-    let scratch = Scratch::new(&p);
-    let mut world = World::new(&p);
-    let (ns, addr) = world.host("h1");
-    let dir = scratch.0.join("h1");
-    std::fs::create_dir_all(&dir).unwrap();
-    let h = Host {
-        name: "h1".into(),
-        runc: Runc::new(&ns, &dir),
-        ns,
-        addr,
-        dir,
-        netd: None,
-        bundle: PathBuf::new(),
-    };
-    (scratch, world, h)
 }
 
 #[test]
 fn netd_waits_for_etcd_and_for_the_network_config() {
-    let (scratch, _world, h) = lone_host();
+    let site = Site::new();
+    let h = &site.host;
     let url = format!("http://{}:2379", h.addr);
-    let mut netd = netd_proc(&h, &url);
+    let mut netd = h.spawn_netd_etcd(&url);
     wait_until(
         "netd to say etcd is unreachable",
         Duration::from_secs(10),
-        || log_says(&h, "etcd is not reachable") && log_says(&h, &url),
+        || h.log_says("etcd is not reachable") && h.log_says(&url),
     );
-    let etcd = Etcd::start(&h.ns, h.addr, &scratch.0);
+    let etcd = Etcd::start(&h.ns, h.addr, &site.scratch.0);
     wait_until(
         "netd to wait for the config",
         Duration::from_secs(20),
-        || log_says(&h, "waiting for the network config"),
+        || h.log_says("waiting for the network config"),
     );
     assert!(!h.ns.has_link("flannel.1"));
-    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    etcd.put(&format!("{PREFIX}/config"), NETWORK_CONFIG);
     wait_until("the overlay", Duration::from_secs(20), || {
-        log_says(&h, "overlay ready") && h.ns.link_up("hpk-bridge")
+        h.log_says("overlay ready") && h.ns.link_up("hpk-bridge")
     });
     let (code, _) = netd.stop_with(Signal::SIGTERM);
     assert_eq!(code, Some(0));
@@ -555,21 +384,22 @@ fn netd_waits_for_etcd_and_for_the_network_config() {
 
 #[test]
 fn invalid_network_config_is_explained() {
-    let (scratch, _world, h) = lone_host();
-    let etcd = Etcd::start(&h.ns, h.addr, &scratch.0);
+    let site = Site::new();
+    let h = &site.host;
+    let etcd = Etcd::start(&h.ns, h.addr, &site.scratch.0);
     etcd.put(
         &format!("{PREFIX}/config"),
         r#"{"Network":"10.244.0.0/16"}"#,
     );
-    let mut netd = netd_proc(&h, &etcd.url);
+    let mut netd = h.spawn_netd_etcd(&etcd.url);
     let (code, _) = netd.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(1));
     assert!(
-        log_says(&h, "etcd key /coreos.com/network/config is invalid"),
+        h.log_says("etcd key /coreos.com/network/config is invalid"),
         "{}",
         std::fs::read_to_string(h.dir.join("netd.log")).unwrap()
     );
-    assert!(log_says(&h, "flanneld's default when Backend is absent"));
+    assert!(h.log_says("flanneld's default when Backend is absent"));
     assert!(
         !h.ns.has_link("flannel.1") && !h.ns.has_link("hpk-bridge"),
         "an invalid config left devices"
@@ -582,13 +412,14 @@ fn invalid_network_config_is_explained() {
 
 #[test]
 fn etcd_over_tls_with_client_certificates() {
-    let (scratch, _world, mut h) = lone_host();
-    let tls = support::etcd::Tls::generate(&scratch.0, h.addr);
-    let etcd = Etcd::start_tls(&h.ns, h.addr, &scratch.0, tls.clone());
-    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    let mut site = Site::new();
+    let h = &mut site.host;
+    let tls = testkit::etcd::Tls::generate(&site.scratch.0, h.addr);
+    let etcd = Etcd::start_tls(&h.ns, h.addr, &site.scratch.0, tls.clone());
+    etcd.put(&format!("{PREFIX}/config"), NETWORK_CONFIG);
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (ca, cert, key) = (path(&tls.ca), path(&tls.client_cert), path(&tls.client_key));
-    h.start_netd(
+    h.start_netd_etcd(
         &etcd,
         &[
             "--etcd-ca-file",
@@ -606,8 +437,8 @@ fn etcd_over_tls_with_client_certificates() {
 
 #[test]
 fn renewal_never_overwrites_a_subnet_another_node_took() {
-    let mut cl = cluster(1);
-    cl.hosts[0].start_netd(&cl.etcd, &["--etcd-lease-ttl", "3"]);
+    let mut cl = Cluster::new(1);
+    cl.hosts[0].start_netd_etcd(&cl.etcd, &["--etcd-lease-ttl", "3"]);
     let subnet = cl.hosts[0].subnet();
     let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
     // Another node's lease, as if ours had expired during an outage and it took the subnet.

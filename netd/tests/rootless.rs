@@ -2,16 +2,15 @@
 //! namespace with slirp4netns as its uplink, hpk-netd as the bubble's root, and
 //! `runc spec --rootless` containers with our hooks.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::runc::{bundle, rootfs, BundleSpec, Runc};
-use support::world::{echo_from, subnet_env, Netd, Scratch, World};
-use support::*;
+use testkit::netd::{subnet_env, Netd};
+use testkit::runc::{bundle, rootfs, BundleSpec, Runc};
+use testkit::world::{echo_from, World};
+use testkit::*;
 
 /// The unprivileged user that owns the bubble.
 const USER: u32 = 65534;

@@ -1,15 +1,15 @@
 //! Socket mode on the wire: byte streams in the original tool's framing, written and read
 //! by hand against a real daemon and a real tap, and streams that are garbled.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::*;
+use testkit::*;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_hpk-net-daemon");
 
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const TAP_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 1);

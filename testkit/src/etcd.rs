@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use super::{Netns, Proc};
+use crate::{Netns, Proc};
 
 pub struct Etcd {
     pub proc: Option<Proc>,
@@ -30,7 +30,7 @@ impl Tls {
     pub fn generate(dir: &Path, addr: std::net::Ipv4Addr) -> Tls {
         let p = |n: &str| dir.join(n);
         let sh =
-            |script: String| super::run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
+            |script: String| crate::run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
         sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca \
             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
             -keyout ca.key -out ca.pem 2>/dev/null".into());

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-use super::{sibling_binary, Netns};
+use crate::{hook_binary, Netns};
 
 /// A busybox rootfs under `dir/rootfs`.
 pub fn rootfs(dir: &Path) -> PathBuf {
@@ -46,7 +46,7 @@ pub fn bundle(dir: &Path, name: &str, spec: &BundleSpec) -> PathBuf {
     if spec.rootless {
         cmd.arg("--rootless");
     }
-    super::run(&mut cmd);
+    crate::run(&mut cmd);
     let path = bundle.join("config.json");
     let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     config["process"]["terminal"] = json!(false);
@@ -63,7 +63,7 @@ pub fn bundle(dir: &Path, name: &str, spec: &BundleSpec) -> PathBuf {
         namespaces.push(json!({"type": "network"}));
     }
     if !spec.no_hooks {
-        let hook = sibling_binary("hpk-hook");
+        let hook = hook_binary();
         let sock = spec.socket.to_str().unwrap();
         config["hooks"] = json!({
             "createRuntime": [{"path": hook, "args": ["hpk-hook", "createRuntime", "--socket", sock], "timeout": 10}],
@@ -180,7 +180,7 @@ impl Container {
     /// `runc kill` + `runc delete`: the way a runtime stops a container (runs poststop).
     pub fn stop(&self) {
         let _ = self.runc.cmd().args(["kill", &self.id, "KILL"]).output();
-        super::wait_until(
+        crate::wait_until(
             "container to stop",
             std::time::Duration::from_secs(10),
             || self.state()["status"] != "running",
