@@ -5,3 +5,4 @@
 pub mod client;
 pub mod hook;
 pub mod proto;
+pub mod report;

@@ -5,24 +5,25 @@
 //! addresses, and each container's endpoint. `hpk-net-daemon` is the per-container data
 //! path: taps with the virtio-net header, tap-to-tap forwarding, and socket mode in the
 //! original tool's framing or our extended one.
+//!
+//! The modules are layered; each uses only those listed before it:
+//! - [`sys`]: the kernel and the OS behind small safe types.
+//! - [`datapath`]: moving frames (hpk-net-daemon).
+//! - [`subnet`]: where the bubble's subnet comes from (subnet.env, etcd agent).
+//! - [`bubble`]: the bridge, forwarding, NAT rules, address allocation.
+//! - [`endpoint`]: each container's endpoint, its forwarder, records and supervision.
+//! - [`daemon`]: hpk-netd's configuration, start-up, control socket and status.
+
+pub mod sys;
+
+pub mod datapath;
+
+pub mod subnet;
 
 pub mod bubble;
-pub mod config;
-pub mod control;
+
 pub mod endpoint;
-pub mod firewall;
-pub mod flannel;
-pub mod forward;
-pub mod forwarder;
-pub mod framing;
-pub mod ipam;
+
+pub mod daemon;
+
 pub mod logging;
-pub mod netlink;
-pub mod netns;
-pub mod pidwatch;
-pub mod service;
-pub mod socket_mode;
-pub mod store;
-pub mod subnet;
-pub mod tap;
-pub mod unix_socket;

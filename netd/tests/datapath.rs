@@ -16,6 +16,8 @@ enum Method {
     Socket,
     /// Our daemons held to the original tool's framing.
     SocketOriginal,
+    /// Socket mode started with the original scripts' exact command lines.
+    OriginalCommandLines,
 }
 
 /// Starts the daemon(s) that attach container `n` to the bubble's bridge.
@@ -42,6 +44,40 @@ fn attach(prefix: &str, bubble: &Bubble, c: &Netns, n: u8, method: Method, mtu: 
                 "--mode", "client", "--socket", &socket, "--tap", "tap0", "--mtu", &mtu,
             ]);
             vec![server, Proc::spawn("socket client", &mut client)]
+        }
+        Method::OriginalCommandLines => {
+            let socket = format!("/tmp/{prefix}-{n}.sock");
+            let mut server = bubble.ns.cmd(DAEMON);
+            server.args([
+                "-mode",
+                "server",
+                "-socket",
+                &socket,
+                "-tap",
+                &bubble_tap,
+                "-create-tap",
+            ]);
+            let server = Proc::spawn("socket server", &mut server);
+            // The base image's entrypoint, word for word.
+            let mut client = c.cmd(DAEMON);
+            client.args([
+                "-mode",
+                "client",
+                "-socket",
+                &socket,
+                "-tap",
+                "tap0",
+                "-create-tap",
+            ]);
+            let client = Proc::spawn("socket client", &mut client);
+            // The original's bubble script enslaves the server's tap itself.
+            wait_until("the server's tap", Duration::from_secs(10), || {
+                bubble.ns.has_link(&bubble_tap)
+            });
+            bubble
+                .ns
+                .ip(&["link", "set", &bubble_tap, "master", &bubble.bridge, "up"]);
+            vec![server, client]
         }
     }
 }
@@ -90,7 +126,7 @@ fn c2c(method: Method, mtu: u32) {
         !c1.has_link("tap0") && !c2.has_link("tap0"),
         "container tap left behind"
     );
-    if let Method::Socket | Method::SocketOriginal = method {
+    if let Method::Socket | Method::SocketOriginal | Method::OriginalCommandLines = method {
         for n in 1..=2 {
             assert!(!std::path::Path::new(&format!("/tmp/{p}-{n}.sock")).exists());
         }
@@ -125,6 +161,66 @@ fn socket_mode_original_framing_mtu_1500() {
 #[test]
 fn socket_mode_original_framing_mtu_9000() {
     c2c(Method::SocketOriginal, 9000);
+}
+
+#[test]
+fn the_originals_command_lines_mtu_1500() {
+    c2c(Method::OriginalCommandLines, 1500);
+}
+
+/// `-create-tap=false` attaches to a persistent tap made beforehand.
+#[test]
+fn server_attaches_to_an_existing_tap_when_told_not_to_create_it() {
+    let p = prefix();
+    let bubble = Bubble::new(&p, [198, 18, 8], 1500);
+    let tap = format!("{p}9");
+    bubble.ns.ip(&["tuntap", "add", &tap, "mode", "tap"]);
+    let socket = format!("/tmp/{p}-persist.sock");
+    let mut server = bubble.ns.cmd(DAEMON);
+    server.args([
+        "-mode",
+        "server",
+        "-socket",
+        &socket,
+        "-tap",
+        &tap,
+        "-create-tap=false",
+        "--bridge",
+        &bubble.bridge,
+    ]);
+    let mut server = Proc::spawn("socket server", &mut server);
+    wait_until("the socket", Duration::from_secs(10), || {
+        std::path::Path::new(&socket).exists()
+    });
+    assert!(
+        bubble.ns.link_up(&tap),
+        "the existing tap was not brought up"
+    );
+    let (code, err) = server.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let fails_with = |args: &[&str], expect: &str| {
+        let out = bubble.ns.cmd(DAEMON).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{err}");
+    };
+    // Without -create-tap=false the same name is refused, as before.
+    fails_with(
+        &["-mode", "server", "-socket", &socket, "-tap", &tap],
+        "already taken",
+    );
+    // And attaching to a tap that is not there says how to make one.
+    fails_with(
+        &[
+            "-mode",
+            "server",
+            "-socket",
+            &socket,
+            "-tap",
+            "nosuchtap0",
+            "-create-tap=false",
+        ],
+        "ip tuntap add",
+    );
 }
 
 #[test]

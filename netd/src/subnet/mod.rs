@@ -1,16 +1,19 @@
-//! Where a bubble's subnet comes from, and flannel's `subnet.env` format.
+//! Where a bubble's subnet comes from: flannel's `subnet.env` format, and the sources
+//! behind one trait (a real flanneld's file, or our own agent over etcd).
+
+pub mod etcd;
+pub mod flannel_file;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use ipnet::Ipv4Net;
-use tracing::info;
 
-use crate::tap::MAX_TAP_MTU;
+pub use self::flannel_file::FlannelFile;
+use crate::sys::tap::MAX_TAP_MTU;
 
 /// What flannel's `subnet.env` says: the overlay network and this node's share of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,45 +123,6 @@ pub trait SubnetSource: Send {
 
     /// Waits until the subnet is known and returns it.
     fn acquire(&mut self) -> Pin<Box<dyn Future<Output = Result<SubnetEnv>> + Send + '_>>;
-}
-
-/// A real flanneld on this node writes `subnet.env`; we read it.
-pub struct FlannelFile {
-    path: PathBuf,
-}
-
-impl FlannelFile {
-    pub fn new(path: impl Into<PathBuf>) -> FlannelFile {
-        FlannelFile { path: path.into() }
-    }
-}
-
-impl SubnetSource for FlannelFile {
-    fn describe(&self) -> String {
-        format!("flannel subnet.env at {}", self.path.display())
-    }
-
-    fn acquire(&mut self) -> Pin<Box<dyn Future<Output = Result<SubnetEnv>> + Send + '_>> {
-        Box::pin(async move {
-            let mut announced = false;
-            loop {
-                match tokio::fs::read_to_string(&self.path).await {
-                    Ok(text) => return SubnetEnv::parse(&text, &self.path),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if !announced {
-                            info!(path = %self.path.display(), "waiting for flanneld to write its subnet file");
-                            announced = true;
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("cannot read {}", self.path.display()))
-                    }
-                }
-            }
-        })
-    }
 }
 
 #[cfg(test)]

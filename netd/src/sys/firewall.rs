@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::Ipv4Net;
 
 /// One chain of ours: its table, the built-in chain that jumps to it, and its rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,62 +27,6 @@ pub trait Firewall: Send + Sync {
 
     /// Whether the chains are in place with their jumps (for periodic checks).
     fn intact(&self, chains: &[Chain]) -> bool;
-}
-
-/// The bubble's rules: forward the subnet, and masquerade what leaves the overlay.
-pub fn bubble_chains(subnet: Ipv4Net, network: Ipv4Net, masquerade: bool) -> Vec<Chain> {
-    let mut nat = Vec::new();
-    if masquerade {
-        nat.push(format!("-s {subnet} -d {network} -j RETURN"));
-        nat.push(format!(
-            "-s {subnet} ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"
-        ));
-    }
-    vec![
-        Chain {
-            table: "nat",
-            name: "HPK-POSTRTG".into(),
-            parent: "POSTROUTING",
-            rules: nat,
-        },
-        Chain {
-            table: "filter",
-            name: "HPK-FWD".into(),
-            parent: "FORWARD",
-            rules: vec![
-                format!("-s {subnet} -j ACCEPT"),
-                format!("-d {subnet} -j ACCEPT"),
-            ],
-        },
-    ]
-}
-
-/// flanneld's `--ip-masq` and forward rules, in the same order, in chains of ours.
-pub fn flannel_chains(own: Ipv4Net, network: Ipv4Net) -> Vec<Chain> {
-    vec![
-        Chain {
-            table: "nat",
-            name: "HPK-FLANNEL-POSTRTG".into(),
-            parent: "POSTROUTING",
-            rules: vec![
-                "-m mark --mark 0x4000/0x4000 -j RETURN".into(),
-                format!("-s {own} -d {network} -j RETURN"),
-                format!("-s {network} -d {own} -j RETURN"),
-                format!("! -s {network} -d {own} -j RETURN"),
-                format!("-s {network} ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"),
-                format!("! -s {network} -d {network} -j MASQUERADE --random-fully"),
-            ],
-        },
-        Chain {
-            table: "filter",
-            name: "HPK-FLANNEL-FWD".into(),
-            parent: "FORWARD",
-            rules: vec![
-                format!("-s {network} -j ACCEPT"),
-                format!("-d {network} -j ACCEPT"),
-            ],
-        },
-    ]
 }
 
 /// The `iptables-restore --noflush` input that replaces the chains' contents.
@@ -200,52 +143,5 @@ pub async fn keep(firewall: Arc<dyn Firewall>, chains: Vec<Chain>) {
             }
         })
         .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn nets() -> (Ipv4Net, Ipv4Net) {
-        (
-            "10.244.3.0/24".parse().unwrap(),
-            "10.244.0.0/16".parse().unwrap(),
-        )
-    }
-
-    #[test]
-    fn bubble_masquerade_skips_the_overlay() {
-        let (s, n) = nets();
-        let script = restore_script(&bubble_chains(s, n, true));
-        assert!(script.contains("-A HPK-POSTRTG -s 10.244.3.0/24 -d 10.244.0.0/16 -j RETURN\n"));
-        assert!(script.contains("-j MASQUERADE"));
-        let off = restore_script(&bubble_chains(s, n, false));
-        assert!(!off.contains("MASQUERADE"));
-        assert!(
-            off.contains(":HPK-POSTRTG - [0:0]\n-F HPK-POSTRTG\n"),
-            "an empty chain is still flushed"
-        );
-        assert!(off.contains("-A HPK-FWD -d 10.244.3.0/24 -j ACCEPT"));
-    }
-
-    #[test]
-    fn flannel_rules_in_flanneld_order() {
-        let (s, n) = nets();
-        let chains = flannel_chains(s, n);
-        assert_eq!(
-            chains[0].rules,
-            [
-                "-m mark --mark 0x4000/0x4000 -j RETURN",
-                "-s 10.244.3.0/24 -d 10.244.0.0/16 -j RETURN",
-                "-s 10.244.0.0/16 -d 10.244.3.0/24 -j RETURN",
-                "! -s 10.244.0.0/16 -d 10.244.3.0/24 -j RETURN",
-                "-s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully",
-                "! -s 10.244.0.0/16 -d 10.244.0.0/16 -j MASQUERADE --random-fully",
-            ]
-        );
-        let script = restore_script(&chains);
-        assert!(script.starts_with("*nat\n:HPK-FLANNEL-POSTRTG - [0:0]\n"));
-        assert!(script.contains("*filter\n:HPK-FLANNEL-FWD - [0:0]\n"));
     }
 }

@@ -18,7 +18,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use tracing::{info, warn};
 
 use super::lease::{format_mac, Peer};
-use crate::netlink::{LinkChange, Netlink};
+use crate::sys::netlink::{LinkChange, Netlink};
 
 /// vxlan header overhead flannel subtracts from the uplink MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;

@@ -1,8 +1,8 @@
-//! Starting, finding and stopping `hpk-net-daemon` processes.
+//! Starting and stopping `hpk-net-daemon` processes.
 //!
 //! A forwarder runs in its own session and holds the only fds of its endpoint's taps, so
 //! it outlives hpk-netd restarts and its taps vanish exactly when it exits. Processes are
-//! named by PID plus start time, so a recycled PID is never mistaken for ours.
+//! named by PID plus start time ([`ProcId`]), so a recycled PID is never mistaken for ours.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -14,58 +14,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
-use crate::pidwatch::PidWatch;
-use crate::tap::Tap;
-
-/// A process, identified by PID and start time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcId {
-    pub pid: i32,
-    pub start: u64,
-}
-
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from the closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-impl ProcId {
-    pub fn of(pid: i32) -> Option<ProcId> {
-        start_time(pid).map(|start| ProcId { pid, start })
-    }
-
-    /// Whether this very process still runs (and is not a zombie).
-    pub fn alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return false;
-        };
-        let zombie = stat
-            .rfind(')')
-            .and_then(|i| stat.get(i + 2..i + 3))
-            .is_some_and(|s| s == "Z");
-        !zombie && start_time(self.pid) == Some(self.start)
-    }
-
-    /// A pidfd for this process, if it is still this process.
-    pub fn watch(&self) -> Option<PidWatch> {
-        let watch = PidWatch::open(self.pid).ok()?;
-        // Checked after opening: the pidfd now pins the process we verified.
-        self.alive().then_some(watch)
-    }
-}
-
-/// Reaps `pid` if it is our exited child; harmless otherwise.
-pub fn reap(pid: i32) {
-    let _ = nix::sys::wait::waitpid(
-        Pid::from_raw(pid),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
-}
+use crate::datapath::args::NetDaemonArgs;
+use crate::sys::pidwatch::PidWatch;
+use crate::sys::process::{start_time, ProcId};
+use crate::sys::tap::Tap;
 
 /// Starts a forwarder for the two taps; `watch_pid` is the container's process.
 pub fn spawn(
@@ -91,8 +44,7 @@ pub fn spawn(
         .open(log)
         .with_context(|| format!("cannot open forwarder log {}", log.display()))?;
     let mut cmd = Command::new(daemon);
-    cmd.args(["--container-fd", "3", "--bubble-fd", "4", "--watch-pid"])
-        .arg(watch_pid.to_string())
+    cmd.args(NetDaemonArgs::inherited(3, 4, watch_pid).to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
@@ -139,20 +91,4 @@ pub fn stop(proc_id: ProcId, grace: Duration) {
     }
     // Fully exited: a blocking wait returns at once for our child, ECHILD otherwise.
     let _ = nix::sys::wait::waitpid(pid, None);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn our_own_start_time_is_stable() {
-        let me = ProcId::of(std::process::id() as i32).unwrap();
-        assert!(me.alive());
-        let other = ProcId {
-            start: me.start + 1,
-            ..me
-        };
-        assert!(!other.alive(), "a different start time must not match");
-    }
 }

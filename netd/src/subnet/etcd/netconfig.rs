@@ -120,10 +120,12 @@ impl NetworkConfig {
         };
         let mtu = match uint_field(&backend, "mtu")? {
             None | Some(0) => None,
-            Some(m) if (576..=u64::from(crate::tap::MAX_TAP_MTU)).contains(&m) => Some(m as u32),
+            Some(m) if (576..=u64::from(crate::sys::tap::MAX_TAP_MTU)).contains(&m) => {
+                Some(m as u32)
+            }
             Some(m) => bail!(
                 "Backend.MTU {m} is out of range (576 to {}, a tap's limit)",
-                crate::tap::MAX_TAP_MTU
+                crate::sys::tap::MAX_TAP_MTU
             ),
         };
         Ok(NetworkConfig {

@@ -58,6 +58,8 @@ pub enum TapError {
     BadName { name: String },
     #[error("fd {fd} is not an open tap device: {source}")]
     NotATap { fd: RawFd, source: io::Error },
+    #[error("no tap named {name:?} to attach to: create it first (ip tuntap add {name} mode tap), or let the daemon create it")]
+    Missing { name: String },
     #[error("{what} on tap {name:?}: {source}")]
     Ioctl {
         what: &'static str,
@@ -140,12 +142,25 @@ fn interface_exists(name: &str) -> bool {
 impl Tap {
     /// Creates a new tap named `name` in the calling thread's network namespace.
     pub fn create(name: &str, opts: TapOptions) -> Result<Tap, TapError> {
+        Self::open_named(name, opts, false)
+    }
+
+    /// Attaches to an existing persistent tap (made by `ip tuntap add NAME mode tap`), as
+    /// the original tool does when told `-create-tap=false`.
+    pub fn attach(name: &str, opts: TapOptions) -> Result<Tap, TapError> {
+        Self::open_named(name, opts, true)
+    }
+
+    fn open_named(name: &str, opts: TapOptions, existing: bool) -> Result<Tap, TapError> {
         validate_ifname(name)?;
-        // TUNSETIFF on an existing, unused persistent tap would silently attach to it:
-        // refuse any existing name instead.
-        if interface_exists(name) {
-            return Err(TapError::NameTaken {
-                name: name.to_owned(),
+        // TUNSETIFF on an existing, unused persistent tap silently attaches to it: only
+        // do that when asked to, and refuse a taken name otherwise.
+        if interface_exists(name) != existing {
+            let name = name.to_owned();
+            return Err(if existing {
+                TapError::Missing { name }
+            } else {
+                TapError::NameTaken { name }
             });
         }
         let file = OpenOptions::new()

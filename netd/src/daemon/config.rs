@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::tap::validate_ifname;
+use crate::sys::tap::validate_ifname;
+use crate::sys::users::parse_mode;
 
 /// Whether hpk-netd masquerades traffic that leaves the overlay network.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -63,7 +64,7 @@ impl Default for EtcdConfig {
     fn default() -> Self {
         EtcdConfig {
             endpoints: vec!["http://127.0.0.1:2379".into()],
-            prefix: crate::flannel::lease::DEFAULT_PREFIX.into(),
+            prefix: crate::subnet::etcd::lease::DEFAULT_PREFIX.into(),
             public_ip: String::new(),
             interface: String::new(),
             ca_file: String::new(),
@@ -77,7 +78,7 @@ impl Default for EtcdConfig {
 
 impl EtcdConfig {
     /// The agent's settings; `subnet_file` is where it writes subnet.env.
-    pub fn agent(&self, subnet_file: &Path) -> Result<crate::flannel::agent::AgentConfig> {
+    pub fn agent(&self, subnet_file: &Path) -> Result<crate::subnet::etcd::AgentConfig> {
         let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
         if self.endpoints.is_empty() {
             bail!("subnet.etcd.endpoints is empty");
@@ -94,7 +95,7 @@ impl EtcdConfig {
         if !self.cert_file.is_empty() && self.ca_file.is_empty() {
             bail!("subnet.etcd.cert_file needs ca_file (TLS)");
         }
-        Ok(crate::flannel::agent::AgentConfig {
+        Ok(crate::subnet::etcd::AgentConfig {
             endpoints: self.endpoints.clone(),
             prefix: self.prefix.clone(),
             public_ip: match self.public_ip.as_str() {
@@ -187,15 +188,7 @@ impl Config {
     }
 
     pub fn socket_mode_bits(&self) -> Result<u32> {
-        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                anyhow!(
-                    "socket_mode {:?} is not an octal mode like \"0660\"",
-                    self.socket_mode
-                )
-            })
+        parse_mode(&self.socket_mode).map_err(|e| anyhow!("socket_mode: {e}"))
     }
 
     /// Checks values a type cannot.
@@ -231,7 +224,7 @@ mod tests {
 
     #[test]
     fn shipped_config_is_the_default() {
-        let text = include_str!("../../config/hpk-netd.toml");
+        let text = include_str!("../../../config/hpk-netd.toml");
         let parsed: Config = toml::from_str(text).unwrap();
         assert_eq!(parsed, Config::default());
         parsed.validate().unwrap();

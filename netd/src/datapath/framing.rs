@@ -7,7 +7,7 @@ use std::io::{self, Read};
 
 use thiserror::Error;
 
-use crate::tap::MAX_FRAME;
+use crate::sys::tap::MAX_FRAME;
 
 /// Size of the length prefix.
 pub const LEN_PREFIX: usize = 4;
@@ -49,7 +49,7 @@ impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
-            buf: vec![0u8; READ_BUFFER + LEN_PREFIX + crate::tap::VNET_HDR_LEN + MAX_FRAME]
+            buf: vec![0u8; READ_BUFFER + LEN_PREFIX + crate::sys::tap::VNET_HDR_LEN + MAX_FRAME]
                 .into_boxed_slice(),
             start: 0,
             end: 0,

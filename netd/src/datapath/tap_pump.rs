@@ -10,36 +10,9 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use crate::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
-
-/// Why a pump stopped: a tap went away or failed for good.
-#[derive(Debug)]
-pub struct PumpStopped {
-    pub tap: String,
-    pub error: io::Error,
-}
-
-impl std::fmt::Display for PumpStopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.error.raw_os_error() {
-            Some(libc::EBADFD) | Some(libc::ENXIO) => write!(
-                f,
-                "tap {} was removed (its network namespace is gone: the container has exited)",
-                self.tap
-            ),
-            _ => write!(f, "tap {}: {}", self.tap, self.error),
-        }
-    }
-}
-
-/// Errors on write that lose one frame but leave the tap usable: the interface is down
-/// (EIO), the kernel rejected this frame's header (EINVAL), or memory was short.
-fn frame_lost(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
-}
+use super::{frame_lost, PumpStopped};
+use crate::sys::poll;
+use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
 
 /// Frames moved in one direction before the other gets its turn.
 const BURST: usize = 32;
@@ -62,7 +35,7 @@ fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpStopped> {
         moved += 1;
         match to.write_frame(&buf[..n]) {
             Ok(_) => {}
-            Err(e) if frame_lost(&e) || e.kind() == io::ErrorKind::Interrupted => {
+            Err(e) if frame_lost(&e) => {
                 debug!(from = from.name(), to = to.name(), error = %e, "frame dropped");
             }
             Err(error) => {
@@ -78,21 +51,7 @@ fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpStopped> {
 
 /// Sleeps until either tap has a frame.
 fn wait_either(a: &Tap, b: &Tap) -> io::Result<()> {
-    let mut fds = [a.as_raw_fd(), b.as_raw_fd()].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    loop {
-        // SAFETY: two valid pollfds.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    poll::readable(&[a.as_raw_fd(), b.as_raw_fd()], -1).map(|_| ())
 }
 
 /// Forwards between `a` and `b` in both directions on the calling thread until a tap

@@ -43,22 +43,7 @@ impl PidWatch {
     }
 
     fn poll(&self, timeout_ms: i32) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-            if rc >= 0 {
-                return Ok(rc > 0);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        crate::sys::poll::readable(&[self.fd.as_raw_fd()], timeout_ms)
     }
 
     /// The pidfd, readable once the process has exited (for an async reactor).

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::endpoint::EndpointSpec;
-use crate::forwarder::ProcId;
+use crate::sys::fs::write_atomically;
+use crate::sys::process::ProcId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -38,11 +39,8 @@ impl Store {
     }
 
     pub fn save(&self, record: &Record) -> Result<()> {
-        let path = self.path(&record.spec.id);
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(record)?)
-            .and_then(|()| fs::rename(&tmp, &path))
-            .with_context(|| format!("cannot write {}", path.display()))
+        let data = serde_json::to_vec_pretty(record)?;
+        write_atomically(&self.path(record.spec.id()), &data, 0o644, false)
     }
 
     /// Forgets `id`: its record and its forwarder's log.

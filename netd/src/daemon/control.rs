@@ -9,18 +9,18 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use crate::service::Service;
+use super::{status, Daemon};
 
 /// How long a peer may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: UnixListener, service: Arc<Service>, allowed_uids: Arc<Vec<u32>>) {
+pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, allowed_uids: Arc<Vec<u32>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (service, allowed) = (service.clone(), allowed_uids.clone());
+                let (daemon, allowed) = (daemon.clone(), allowed_uids.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, service, &allowed).await {
+                    if let Err(e) = handle(stream, daemon, &allowed).await {
                         debug!(error = %e, "control connection ended badly");
                     }
                 });
@@ -35,7 +35,7 @@ pub async fn serve(listener: UnixListener, service: Arc<Service>, allowed_uids: 
 
 async fn handle(
     mut stream: UnixStream,
-    service: Arc<Service>,
+    daemon: Arc<Daemon>,
     allowed: &[u32],
 ) -> std::io::Result<()> {
     // The request is read in every case, so a refused client gets our answer rather than
@@ -54,7 +54,7 @@ async fn handle(
                 ),
             }
         }
-        (Ok(_), Ok(request)) => dispatch(request, &service).await,
+        (Ok(_), Ok(request)) => dispatch(request, &daemon).await,
         (Ok(_), Err(message)) => Response::Error { message },
     };
     let mut line = serde_json::to_vec(&response).expect("responses serialize");
@@ -75,17 +75,19 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))
 }
 
-async fn dispatch(request: Request, service: &Arc<Service>) -> Response {
+async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
     let failed = |e: anyhow::Error| Response::Error {
         message: format!("{e:#}"),
     };
     match request {
-        Request::Attach(req) => service
+        Request::Attach(req) => daemon
+            .endpoints
             .attach(req)
             .await
             .map_or_else(failed, Response::Attached),
         Request::Detach { id } => {
-            service
+            daemon
+                .endpoints
                 .detach(&id, "requested")
                 .map_or_else(failed, |was_attached| Response::Detached {
                     id,
@@ -94,8 +96,8 @@ async fn dispatch(request: Request, service: &Arc<Service>) -> Response {
         }
         // A netlink dump and a directory read: not on the async workers.
         Request::Status => {
-            let svc = service.clone();
-            match tokio::task::spawn_blocking(move || svc.status()).await {
+            let daemon = daemon.clone();
+            match tokio::task::spawn_blocking(move || status::status(&daemon)).await {
                 Ok(status) => Response::Status(Box::new(status)),
                 Err(e) => Response::Error {
                     message: format!("status failed: {e}"),

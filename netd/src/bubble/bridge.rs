@@ -1,5 +1,4 @@
-//! The bubble side of the network: the bridge, forwarding, and the firewall rules.
-//! Everything here is idempotent: a restart adopts what is already in place.
+//! The bubble's bridge with the subnet's gateway address, and IPv4 forwarding.
 
 use std::net::Ipv4Addr;
 
@@ -7,9 +6,7 @@ use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
-use crate::firewall::{bubble_chains, Firewall};
-use crate::netlink::{LinkChange, Netlink};
-use crate::subnet::SubnetEnv;
+use crate::sys::netlink::{LinkChange, Netlink};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -54,25 +51,4 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, subnet: Ipv4Net, mtu: u32) -
     )
     .with_context(|| format!("cannot set MTU {mtu} and bring {name:?} up"))?;
     Ok(link.index)
-}
-
-/// Sets up everything the bubble needs before containers attach.
-pub fn prepare(
-    env: &SubnetEnv,
-    bridge: &str,
-    masquerade: bool,
-    firewall: &dyn Firewall,
-) -> Result<()> {
-    enable_forwarding()?;
-    ensure_bridge(bridge, env.gateway, env.subnet, env.mtu)?;
-    firewall.apply(&bubble_chains(env.subnet, env.network, masquerade))?;
-    info!(
-        bridge,
-        gateway = %env.gateway,
-        subnet = %env.subnet,
-        mtu = env.mtu,
-        masquerade,
-        "bubble network ready"
-    );
-    Ok(())
 }

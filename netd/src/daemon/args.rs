@@ -1,0 +1,123 @@
+//! `hpk-netd run`'s flags: each overrides its key of the config file and also reads an
+//! `HPK_NETD_*` environment variable.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::config::{Config, Masquerade, SourceKind};
+
+/// Flags override the config file; each also reads an HPK_NETD_* variable.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file (TOML; see config/hpk-netd.toml). Without it, built-in defaults.
+    #[arg(long, env = "HPK_NETD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for address allocations and endpoint records.
+    #[arg(long, env = "HPK_NETD_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Control socket path.
+    #[arg(long, env = "HPK_NETD_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Control socket permission bits, octal.
+    #[arg(long, env = "HPK_NETD_SOCKET_MODE", value_name = "OCTAL")]
+    socket_mode: Option<String>,
+    /// Group owning the control socket.
+    #[arg(long, env = "HPK_NETD_SOCKET_GROUP", value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Uids allowed on the control socket, comma-separated.
+    #[arg(
+        long,
+        env = "HPK_NETD_ALLOWED_UIDS",
+        value_delimiter = ',',
+        value_name = "UID,..."
+    )]
+    allowed_uids: Option<Vec<u32>>,
+    /// The bubble's bridge.
+    #[arg(long, env = "HPK_NETD_BRIDGE", value_name = "NAME")]
+    bridge: Option<String>,
+    /// Masquerade traffic leaving the overlay.
+    #[arg(long, env = "HPK_NETD_MASQUERADE", value_enum)]
+    masquerade: Option<Masquerade>,
+    /// Name of the tap inside each container.
+    #[arg(long, env = "HPK_NETD_CONTAINER_TAP", value_name = "NAME")]
+    container_tap: Option<String>,
+    /// The hpk-net-daemon binary.
+    #[arg(long, env = "HPK_NETD_NET_DAEMON", value_name = "PATH")]
+    net_daemon: Option<String>,
+    /// flannel's subnet file (read from flanneld, or written by the etcd agent).
+    #[arg(long, env = "HPK_NETD_SUBNET_FILE", value_name = "PATH")]
+    subnet_file: Option<PathBuf>,
+    /// Where the subnet comes from.
+    #[arg(long, env = "HPK_NETD_SUBNET_SOURCE", value_enum)]
+    subnet_source: Option<SourceKind>,
+    /// etcd endpoints, comma-separated (source etcd).
+    #[arg(
+        long,
+        env = "HPK_NETD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL,..."
+    )]
+    etcd_endpoints: Option<Vec<String>>,
+    /// etcd key prefix (source etcd).
+    #[arg(long, env = "HPK_NETD_ETCD_PREFIX", value_name = "PREFIX")]
+    etcd_prefix: Option<String>,
+    /// Address other nodes send vxlan to (source etcd).
+    #[arg(long, env = "HPK_NETD_PUBLIC_IP", value_name = "IP")]
+    public_ip: Option<String>,
+    /// Uplink interface, by name or address (source etcd).
+    #[arg(long, env = "HPK_NETD_IFACE", value_name = "NAME|IP")]
+    iface: Option<String>,
+    /// CA certificate for etcd TLS.
+    #[arg(long, env = "HPK_NETD_ETCD_CA_FILE", value_name = "PEM")]
+    etcd_ca_file: Option<String>,
+    /// Client certificate for etcd TLS.
+    #[arg(long, env = "HPK_NETD_ETCD_CERT_FILE", value_name = "PEM")]
+    etcd_cert_file: Option<String>,
+    /// Client key for etcd TLS.
+    #[arg(long, env = "HPK_NETD_ETCD_KEY_FILE", value_name = "PEM")]
+    etcd_key_file: Option<String>,
+    /// Subnet lease time to live in seconds (source etcd).
+    #[arg(long, env = "HPK_NETD_ETCD_LEASE_TTL", value_name = "SECS")]
+    etcd_lease_ttl: Option<u64>,
+    /// Install flanneld's --ip-masq rules (source etcd).
+    #[arg(long, env = "HPK_NETD_IP_MASQ", value_name = "BOOL")]
+    ip_masq: Option<bool>,
+}
+
+impl RunArgs {
+    /// The config file with flags and environment applied on top.
+    pub fn config(self) -> Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        macro_rules! set {
+            ($($field:ident).+ <- $value:expr) => {
+                if let Some(v) = $value {
+                    c.$($field).+ = v;
+                }
+            };
+        }
+        set!(state_dir <- self.state_dir);
+        set!(socket <- self.socket);
+        set!(socket_mode <- self.socket_mode);
+        set!(socket_group <- self.socket_group);
+        set!(allowed_uids <- self.allowed_uids);
+        set!(bridge <- self.bridge);
+        set!(masquerade <- self.masquerade);
+        set!(container_tap <- self.container_tap);
+        set!(net_daemon <- self.net_daemon);
+        set!(subnet.subnet_file <- self.subnet_file);
+        set!(subnet.source <- self.subnet_source);
+        set!(subnet.etcd.endpoints <- self.etcd_endpoints);
+        set!(subnet.etcd.prefix <- self.etcd_prefix);
+        set!(subnet.etcd.public_ip <- self.public_ip);
+        set!(subnet.etcd.interface <- self.iface);
+        set!(subnet.etcd.ca_file <- self.etcd_ca_file);
+        set!(subnet.etcd.cert_file <- self.etcd_cert_file);
+        set!(subnet.etcd.key_file <- self.etcd_key_file);
+        set!(subnet.etcd.lease_ttl <- self.etcd_lease_ttl);
+        set!(subnet.etcd.ip_masq <- self.ip_masq);
+        c.validate()?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,86 @@
+//! What `status` answers: the subnet, the bubble, every endpoint with its counters, and
+//! the overlay's lease and peers when the etcd agent is the source.
+
+use std::collections::BTreeMap;
+
+use hpk_hook::proto::{EndpointStatus, LeaseStatus, PeerStatus, Status};
+
+use super::Daemon;
+use crate::endpoint::store::Record;
+use crate::subnet::etcd::lease::format_mac;
+use crate::subnet::etcd::SharedOverlay;
+use crate::sys::netlink::{LinkSummary, Netlink};
+
+/// Status of the whole bubble. Blocking (a netlink dump): not for the async workers.
+pub fn status(daemon: &Daemon) -> Status {
+    let env = &daemon.env;
+    let links = Netlink::open()
+        .and_then(|mut nl| nl.links())
+        .unwrap_or_default();
+    let mut endpoints: Vec<EndpointStatus> = daemon
+        .endpoints
+        .records()
+        .into_iter()
+        .map(|r| endpoint_status(r, &links))
+        .collect();
+    endpoints.sort_by_key(|e| e.address);
+    let (lease, peers) = daemon.overlay.as_ref().map(overlay).unwrap_or_default();
+    let ipam = daemon.endpoints.ipam();
+    Status {
+        source: daemon.source.clone(),
+        network: env.network.to_string(),
+        subnet: env.subnet.to_string(),
+        gateway: env.gateway,
+        mtu: env.mtu,
+        bridge: daemon.bridge.clone(),
+        masquerade: daemon.masquerade,
+        addresses_in_use: ipam.in_use().len(),
+        addresses_total: ipam.capacity(),
+        endpoints,
+        lease,
+        peers,
+    }
+}
+
+fn endpoint_status(r: Record, links: &[LinkSummary]) -> EndpointStatus {
+    let att = &r.spec.attachment;
+    let mut counters = BTreeMap::new();
+    if let Some(l) = links.iter().find(|l| l.name == att.bubble_tap) {
+        // The bubble tap transmits what goes to the container.
+        counters.insert("to_container_bytes".into(), l.stats.tx_bytes);
+        counters.insert("to_container_frames".into(), l.stats.tx_packets);
+        counters.insert("from_container_bytes".into(), l.stats.rx_bytes);
+        counters.insert("from_container_frames".into(), l.stats.rx_packets);
+    }
+    EndpointStatus {
+        id: att.id.clone(),
+        address: att.address,
+        pid: r.spec.pid,
+        netns: r.spec.netns(),
+        bubble_tap: att.bubble_tap.clone(),
+        forwarder_pid: r.forwarder.pid,
+        counters,
+    }
+}
+
+fn overlay(overlay: &SharedOverlay) -> (Option<LeaseStatus>, Vec<PeerStatus>) {
+    let o = overlay.lock().unwrap();
+    let lease = o
+        .subnet
+        .zip(o.public_ip)
+        .map(|(subnet, public_ip)| LeaseStatus {
+            subnet: subnet.to_string(),
+            public_ip,
+            expires: o.expires,
+        });
+    let peers = o
+        .peers
+        .values()
+        .map(|p| PeerStatus {
+            subnet: p.subnet.to_string(),
+            public_ip: p.public_ip,
+            vtep_mac: format_mac(p.vtep_mac),
+        })
+        .collect();
+    (lease, peers)
+}

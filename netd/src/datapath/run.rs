@@ -1,0 +1,199 @@
+//! The life of an `hpk-net-daemon` process: set up its taps (or adopt inherited ones),
+//! start the pump of its mode, and wait for a signal, the container's exit, or a pump
+//! that stopped for good.
+
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::error;
+use tracing::info;
+
+use super::args::{Mode, NetDaemonArgs};
+use super::{socket, tap_pump, PumpStopped};
+use crate::sys::netlink::Netlink;
+use crate::sys::netns::NetnsRef;
+use crate::sys::pidwatch::{pid_of_netns_path, PidWatch};
+use crate::sys::tap::{Tap, TapOptions};
+
+/// What ends the daemon: a signal, or a data path that stopped for good.
+enum Event {
+    Signal(Signal),
+    Stopped(PumpStopped),
+    ContainerExited(i32),
+}
+
+/// Runs the daemon until it should exit; the exit code says how it ended.
+pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
+    // Signals go to one waiting thread; block them before any other thread exists.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("cannot block signals")?;
+    let (events, next_event) = mpsc::channel::<Event>();
+    {
+        let events = events.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    let _ = events.send(Event::Signal(sig));
+                }
+            })?;
+    }
+    let exited = events.clone();
+    let on_stop = move |stopped: PumpStopped| {
+        let _ = events.send(Event::Stopped(stopped));
+    };
+
+    let mut socket_path = None;
+    match cli.mode {
+        Mode::Tap => {
+            if let Some(watch) = container_watch(&cli)? {
+                std::thread::Builder::new()
+                    .name("container".into())
+                    .spawn(move || {
+                        if watch.wait().is_ok() {
+                            let _ = exited.send(Event::ContainerExited(watch.pid()));
+                        }
+                    })?;
+            }
+            start_tap_to_tap(&cli, on_stop)?
+        }
+        Mode::Server | Mode::Client => {
+            let path = cli
+                .socket
+                .clone()
+                .ok_or_else(|| anyhow!("--mode {:?} needs --socket PATH", cli.mode))?;
+            let name = cli
+                .tap
+                .clone()
+                .ok_or_else(|| anyhow!("--mode {:?} needs --tap NAME", cli.mode))?;
+            // Always with the header; offloads go on only once a peer agrees to carry it.
+            let opts = TapOptions { vnet_hdr: true };
+            let tap = if cli.create_tap {
+                Tap::create(&name, opts)?
+            } else {
+                Tap::attach(&name, opts)?
+            };
+            tap.set_offloads(false)?;
+            let tap = Arc::new(tap);
+            let extended = !cli.original_framing;
+            Netlink::open()?.configure(&name, cli.mtu, cli.bridge.as_deref())?;
+            if cli.mode == Mode::Server {
+                let (uid, gid) = cli
+                    .socket_owner
+                    .map_or((None, None), |o| (Some(o.uid), o.gid));
+                let listener = crate::sys::unix_socket::bind(&path, cli.socket_mode, uid, gid)?;
+                info!(tap = name, socket = %path.display(), "serving frames");
+                socket_path = Some(path);
+                std::thread::Builder::new()
+                    .name("accept".into())
+                    .spawn(move || socket::serve(tap, listener, extended, on_stop))?;
+            } else {
+                info!(tap = name, socket = %path.display(), "client starting");
+                std::thread::Builder::new()
+                    .name("client".into())
+                    .spawn(move || socket::run_client(tap, path, extended, on_stop))?;
+            }
+        }
+    }
+
+    let code = match next_event.recv() {
+        Ok(Event::Signal(sig)) => {
+            info!(signal = %sig, "exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(Event::ContainerExited(pid)) => {
+            info!(pid, "container process exited; removing its taps");
+            ExitCode::SUCCESS
+        }
+        Ok(Event::Stopped(stopped)) => {
+            error!("{stopped}; exiting");
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::FAILURE,
+    };
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    // Taps are not persistent: the kernel removes them when the process exits.
+    Ok(code)
+}
+
+/// The container process to follow: --watch-pid, else the PID in a /proc/PID/ns/net path.
+fn container_watch(cli: &NetDaemonArgs) -> Result<Option<PidWatch>> {
+    let pid = cli.watch_pid.or_else(|| {
+        cli.netns
+            .as_deref()
+            .and_then(|ns| pid_of_netns_path(std::path::Path::new(ns)))
+    });
+    pid.map(|pid| {
+        PidWatch::open(pid).with_context(|| {
+            format!("container process {pid} is not running (has the container exited?)")
+        })
+    })
+    .transpose()
+}
+
+fn start_tap_to_tap(
+    cli: &NetDaemonArgs,
+    on_stop: impl Fn(PumpStopped) + Send + Sync + 'static,
+) -> Result<()> {
+    let opts = TapOptions {
+        vnet_hdr: !cli.no_offload,
+    };
+    let container = match cli.container_fd {
+        // SAFETY: the parent handed this fd to us and nothing else here owns it.
+        Some(fd) => unsafe { Tap::from_raw_fd(fd) }.context("--container-fd")?,
+        None => {
+            let ns = cli.netns.as_deref().ok_or_else(|| {
+                anyhow!("tap mode needs --netns (the container's namespace) or --container-fd")
+            })?;
+            let ns = NetnsRef::parse(ns)?;
+            let (name, mtu) = (cli.container_tap.clone(), cli.mtu);
+            ns.run(move || {
+                let tap = Tap::create(&name, opts)?;
+                Netlink::open()?.configure(&name, mtu, None)?;
+                Ok(tap)
+            })
+            .with_context(|| format!("container side in {ns}"))?
+        }
+    };
+    let bubble = match cli.bubble_fd {
+        // SAFETY: as above.
+        Some(fd) => unsafe { Tap::from_raw_fd(fd) }.context("--bubble-fd")?,
+        None => {
+            let name = cli
+                .bubble_tap
+                .as_deref()
+                .ok_or_else(|| anyhow!("tap mode needs --bubble-tap NAME or --bubble-fd"))?;
+            let tap = Tap::create(name, opts)?;
+            Netlink::open()?
+                .configure(name, cli.mtu, cli.bridge.as_deref())
+                .context("bubble side")?;
+            tap
+        }
+    };
+    if container.vnet_hdr() != bubble.vnet_hdr() {
+        bail!(
+            "taps disagree on the virtio-net header ({}: {}, {}: {}); open both with IFF_VNET_HDR or neither",
+            container.name(),
+            container.vnet_hdr(),
+            bubble.name(),
+            bubble.vnet_hdr()
+        );
+    }
+    info!(
+        container = container.name(),
+        bubble = bubble.name(),
+        offloads = container.offloads(),
+        "forwarding"
+    );
+    let busy_poll = std::time::Duration::from_micros(cli.busy_poll_us);
+    tap_pump::spawn(container, bubble, busy_poll, on_stop)?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Adoption after a restart: endpoints a previous hpk-netd left are taken over when their
+//! container still runs, torn down when it does not, and addresses nobody holds are freed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tracing::{error, info, warn};
+
+use super::store::Record;
+use super::table::Endpoints;
+use crate::sys::process::ProcId;
+
+impl Endpoints {
+    /// Takes over the endpoints a previous hpk-netd left, and frees what nobody owns.
+    pub async fn adopt(self: &Arc<Self>) -> Result<()> {
+        let svc = self.clone();
+        let kept = tokio::task::spawn_blocking(move || -> Vec<Record> {
+            let mut kept = Vec::new();
+            for mut record in svc.store.load_all() {
+                let id = record.spec.id().to_owned();
+                let container = ProcId {
+                    pid: record.spec.pid,
+                    start: record.spec.pid_start,
+                };
+                if !container.alive() {
+                    info!(id, "container exited while hpk-netd was down; detaching");
+                    svc.teardown(&record);
+                    continue;
+                }
+                let env = &svc.settings.env;
+                if !env.subnet.contains(&record.spec.attachment.address) {
+                    // The bubble got another subnet: this address routes nowhere now.
+                    warn!(id, address = %record.spec.attachment.address, subnet = %env.subnet, "the bubble's subnet changed while hpk-netd was down; detaching (restart the container to get a new address)");
+                    svc.teardown(&record);
+                    let old = ipnet::Ipv4Net::new(record.spec.attachment.address, record.spec.attachment.prefix_len)
+                        .map(|n| n.trunc());
+                    if let Ok(old) = old {
+                        svc.ipam.release_in(old, record.spec.attachment.address, &id);
+                    }
+                    continue;
+                }
+                if !record.forwarder.alive() {
+                    warn!(id, "forwarder gone while hpk-netd was down; restarting it");
+                    match svc.start_forwarder(&record.spec) {
+                        Ok(f) => record.forwarder = f,
+                        Err(e) => {
+                            error!(id, error = %format!("{e:#}"), "cannot restart; detaching");
+                            svc.teardown(&record);
+                            continue;
+                        }
+                    }
+                    let _ = svc.store.save(&record);
+                }
+                kept.push(record);
+            }
+            let owners: HashSet<_> =
+                kept.iter().map(|r| r.spec.id().to_owned()).collect();
+            for (addr, owner) in svc.ipam.in_use() {
+                if !owners.contains(&owner) {
+                    info!(%addr, owner, "freeing an address no endpoint holds");
+                    let _ = svc.ipam.release(addr, &owner);
+                }
+            }
+            kept
+        })
+        .await
+        .context("adoption task failed")?;
+        for record in kept {
+            info!(id = record.spec.id(), address = %record.spec.attachment.address, forwarder = record.forwarder.pid, "adopted endpoint");
+            self.install(record);
+        }
+        Ok(())
+    }
+}

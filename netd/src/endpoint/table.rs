@@ -1,0 +1,284 @@
+//! The table of the bubble's endpoints, one slot per container id, and the state machine
+//! a slot goes through: `Busy` while an attach builds it, `Ready` while it serves, and
+//! `Leaving` while it is torn down in the background.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use hpk_hook::proto::{AttachRequest, Attachment};
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+use super::build::{self, check_own_netns};
+use super::forwarder;
+use super::store::{Record, Store};
+use super::{bubble_tap_name, netns_of, validate_id, EndpointSpec};
+use crate::bubble::ipam::Ipam;
+use crate::subnet::SubnetEnv;
+use crate::sys::process::ProcId;
+
+/// How long a forwarder gets to exit on SIGTERM before SIGKILL.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) enum Slot {
+    /// An attach or adoption is building this endpoint.
+    Busy,
+    Ready {
+        record: Record,
+        stop: Arc<Notify>,
+    },
+    /// Being torn down; `done` turns true when it is gone.
+    Leaving {
+        record: Record,
+        done: watch::Receiver<bool>,
+    },
+}
+
+/// What every endpoint of this bubble is built with.
+pub struct Settings {
+    pub env: SubnetEnv,
+    pub bridge: String,
+    /// The interface's name inside each container.
+    pub container_tap: String,
+    /// The hpk-net-daemon binary.
+    pub net_daemon: PathBuf,
+}
+
+pub struct Endpoints {
+    pub(super) settings: Settings,
+    pub(super) ipam: Ipam,
+    pub(super) store: Store,
+    pub(super) slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Endpoints {
+    pub fn new(settings: Settings, ipam: Ipam, store: Store) -> Arc<Endpoints> {
+        Arc::new(Endpoints {
+            settings,
+            ipam,
+            store,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Builds the data path of `spec` and starts its forwarder.
+    pub(super) fn start_forwarder(&self, spec: &EndpointSpec) -> Result<ProcId> {
+        let (container, bubble) = build::build(spec)?;
+        forwarder::spawn(
+            &self.settings.net_daemon,
+            container,
+            bubble,
+            spec.pid,
+            &self.store.log_path(spec.id()),
+        )
+    }
+
+    /// The blocking part of an attach; undoes its own work on failure.
+    fn build_new(&self, req: &AttachRequest) -> Result<Record> {
+        let proc_id = ProcId::of(req.pid).ok_or_else(|| {
+            anyhow!("container process {} is gone (the container exited before its network was attached)", req.pid)
+        })?;
+        check_own_netns(&netns_of(req.pid))?;
+        let address = self.ipam.allocate(&req.id, req.address)?;
+        let env = &self.settings.env;
+        let spec = EndpointSpec {
+            attachment: Attachment {
+                id: req.id.clone(),
+                address,
+                prefix_len: env.subnet.prefix_len(),
+                gateway: env.gateway,
+                mtu: env.mtu,
+                tap: self.settings.container_tap.clone(),
+                bubble_tap: bubble_tap_name(&req.id),
+            },
+            pid: req.pid,
+            pid_start: proc_id.start,
+            bridge: self.settings.bridge.clone(),
+        };
+        let record = self.start_forwarder(&spec).and_then(|forwarder| {
+            let record = Record { spec, forwarder };
+            if let Err(e) = self.store.save(&record) {
+                forwarder::stop(forwarder, STOP_GRACE);
+                return Err(e);
+            }
+            Ok(record)
+        });
+        if record.is_err() {
+            let _ = self.ipam.release(address, &req.id);
+            self.store.remove(&req.id);
+        }
+        record
+    }
+
+    pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<Attachment> {
+        validate_id(&req.id)?;
+        loop {
+            let leaving = {
+                let slots = self.slots.lock().unwrap();
+                match slots.get(&req.id) {
+                    Some(Slot::Leaving { done, .. }) => Some(done.clone()),
+                    _ => None,
+                }
+            };
+            // A previous container of this id is still being torn down: wait for it.
+            match leaving {
+                Some(mut done) => {
+                    let _ = done.wait_for(|gone| *gone).await;
+                }
+                None => break,
+            }
+        }
+        {
+            let mut slots = self.slots.lock().unwrap();
+            match slots.get(&req.id) {
+                Some(Slot::Ready { record, .. }) if record.spec.pid == req.pid => {
+                    return Ok(record.spec.attachment.clone());
+                }
+                Some(Slot::Ready { record, .. }) => bail!(
+                    "container id {} is already attached (process {}); detach it first",
+                    req.id,
+                    record.spec.pid
+                ),
+                Some(Slot::Busy) => bail!("container {} is being attached right now", req.id),
+                Some(Slot::Leaving { .. }) => bail!(
+                    "container id {} is being detached by another request; retry",
+                    req.id
+                ),
+                None => {
+                    slots.insert(req.id.clone(), Slot::Busy);
+                }
+            }
+        }
+        let svc = self.clone();
+        let id = req.id.clone();
+        let built = tokio::task::spawn_blocking(move || svc.build_new(&req))
+            .await
+            .map_err(|e| anyhow!("attach task failed: {e}"))
+            .and_then(|r| r);
+        match built {
+            Ok(record) => {
+                info!(id, address = %record.spec.attachment.address, forwarder = record.forwarder.pid, "attached");
+                let att = record.spec.attachment.clone();
+                self.install(record);
+                Ok(att)
+            }
+            Err(e) => {
+                self.slots.lock().unwrap().remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes `record` the endpoint of its id and starts its supervisor.
+    pub(super) fn install(self: &Arc<Self>, record: Record) {
+        let stop = Arc::new(Notify::new());
+        self.slots.lock().unwrap().insert(
+            record.spec.id().to_owned(),
+            Slot::Ready {
+                record: record.clone(),
+                stop: stop.clone(),
+            },
+        );
+        tokio::spawn(self.clone().supervise(record, stop));
+    }
+
+    /// Takes the endpoint of `id` out of service: `Ok(Ok(..))` when the caller must tear
+    /// it down, `Ok(Err(done))` when a teardown is already under way.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &self,
+        id: &str,
+    ) -> Result<Option<Result<(Record, watch::Sender<bool>), watch::Receiver<bool>>>> {
+        let mut slots = self.slots.lock().unwrap();
+        match slots.get(id) {
+            None => Ok(None),
+            Some(Slot::Busy) => {
+                bail!("container {id} is being attached right now; retry the detach")
+            }
+            Some(Slot::Leaving { done, .. }) => Ok(Some(Err(done.clone()))),
+            Some(Slot::Ready { record, stop }) => {
+                stop.notify_one();
+                let record = record.clone();
+                let (tx, rx) = watch::channel(false);
+                slots.insert(
+                    id.to_owned(),
+                    Slot::Leaving {
+                        record: record.clone(),
+                        done: rx,
+                    },
+                );
+                Ok(Some(Ok((record, tx))))
+            }
+        }
+    }
+
+    /// Stops the forwarder (its taps go with it) and frees the address and records.
+    pub(super) fn teardown(&self, record: &Record) {
+        forwarder::stop(record.forwarder, STOP_GRACE);
+        let att = &record.spec.attachment;
+        if let Err(e) = build::remove_bubble_tap(&att.bubble_tap) {
+            warn!(id = att.id, error = %e, "bubble tap cleanup");
+        }
+        if let Err(e) = self.ipam.release(att.address, &att.id) {
+            warn!(id = att.id, error = %e, "address release");
+        }
+        self.store.remove(&att.id);
+    }
+
+    /// Takes `id` out of service and tears it down in the background: the kernel needs
+    /// tens of milliseconds to remove the taps, and a poststop hook should not wait for
+    /// that. The address is released only once the taps are gone. Returns whether this
+    /// call detached it (an unknown id, or one already leaving, is a success too).
+    pub fn detach(self: &Arc<Self>, id: &str, why: &str) -> Result<bool> {
+        validate_id(id)?;
+        let (record, done) = match self.take(id)? {
+            None | Some(Err(_)) => return Ok(false),
+            Some(Ok(taken)) => taken,
+        };
+        let svc = self.clone();
+        let (id, why) = (id.to_owned(), why.to_owned());
+        tokio::spawn(async move {
+            let r = record.clone();
+            let s = svc.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || s.teardown(&r)).await {
+                error!(id, error = %e, "teardown task failed");
+            }
+            svc.slots.lock().unwrap().remove(&id);
+            let _ = done.send(true);
+            info!(id, address = %record.spec.attachment.address, why, "detached");
+        });
+        Ok(true)
+    }
+
+    /// Whether `stop` still belongs to the ready endpoint `id` (no detach came).
+    pub(super) fn still_ours(&self, id: &str, stop: &Arc<Notify>) -> bool {
+        matches!(self.slots.lock().unwrap().get(id), Some(Slot::Ready { stop: s, .. }) if Arc::ptr_eq(s, stop))
+    }
+
+    /// The last lines a forwarder logged, for netd's own log (its file goes with it).
+    pub(super) fn forwarder_log_tail(&self, id: &str) -> String {
+        let text = std::fs::read_to_string(self.store.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(3).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// The records of every endpoint that is serving or leaving, for status.
+    pub fn records(&self) -> Vec<Record> {
+        self.slots
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Ready { record, .. } | Slot::Leaving { record, .. } => Some(record.clone()),
+                Slot::Busy => None,
+            })
+            .collect()
+    }
+
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+}

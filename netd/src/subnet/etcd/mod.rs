@@ -1,0 +1,296 @@
+//! Our own flannel-compatible agent over etcd, taking flanneld's place on a node: a
+//! subnet lease in etcd, the vxlan device, and routes to every other node's subnet, kept
+//! current by watching `subnets/`. Split as flannel is: the registry talks to etcd, the
+//! lease manager holds the policy, the vxlan network consumes lease events.
+
+pub mod lease;
+pub(crate) mod lease_manager;
+pub mod masq;
+pub mod netconfig;
+pub(crate) mod registry;
+pub mod vxlan;
+pub(crate) mod vxlan_network;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use etcd_client::EventType;
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use self::lease::{lease_value, Peer};
+use self::lease_manager::LeaseManager;
+use self::masq::flannel_chains;
+use self::registry::Registry;
+use self::vxlan::{DeviceSpec, VXLAN_OVERHEAD};
+use self::vxlan_network::VxlanNetwork;
+use crate::subnet::{SubnetEnv, SubnetSource};
+use crate::sys::firewall::Firewall;
+use crate::sys::fs::write_atomically;
+use crate::sys::netlink::Netlink;
+
+/// How the agent reaches etcd and presents this node.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The address other nodes send vxlan to; default: the uplink's address.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Uplink by name or address; default: the interface of the default route.
+    pub interface: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub lease_ttl: Duration,
+    pub ip_masq: bool,
+    /// Where subnet.env is written.
+    pub subnet_file: PathBuf,
+}
+
+/// What status reports: our lease and the peers we route to.
+#[derive(Clone, Debug, Default)]
+pub struct Overlay {
+    pub subnet: Option<Ipv4Net>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub expires: u64,
+    pub peers: BTreeMap<Ipv4Net, Peer>,
+}
+
+pub type SharedOverlay = Arc<Mutex<Overlay>>;
+
+pub struct EtcdSource {
+    cfg: AgentConfig,
+    firewall: Arc<dyn Firewall>,
+    overlay: SharedOverlay,
+}
+
+impl EtcdSource {
+    pub fn new(cfg: AgentConfig, firewall: Arc<dyn Firewall>) -> EtcdSource {
+        EtcdSource {
+            cfg,
+            firewall,
+            overlay: SharedOverlay::default(),
+        }
+    }
+
+    pub fn overlay(&self) -> SharedOverlay {
+        self.overlay.clone()
+    }
+}
+
+/// How often the agent re-lists `subnets/` even when the watch is healthy: retries a
+/// peer whose routes could not be installed, and catches anything a watch may have missed.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// The agent's life after start-up: lease events in, routes and renewals out.
+struct Agent {
+    leases: LeaseManager,
+    network: VxlanNetwork,
+}
+
+/// The uplink (index, MTU) and the public address.
+fn uplink(cfg: &AgentConfig) -> Result<(u32, u32, Ipv4Addr)> {
+    let mut nl = Netlink::open()?;
+    let links = nl.links()?;
+    let by_addr = |nl: &mut Netlink, ip: Ipv4Addr| -> Result<Option<u32>> {
+        for l in &links {
+            if nl.ipv4_addresses(l.index)?.iter().any(|(a, _)| *a == ip) {
+                return Ok(Some(l.index));
+            }
+        }
+        Ok(None)
+    };
+    let index = match &cfg.interface {
+        Some(iface) => match iface.parse::<Ipv4Addr>() {
+            Ok(ip) => by_addr(&mut nl, ip)?
+                .ok_or_else(|| anyhow!("no interface has address {ip} (--iface)"))?,
+            Err(_) => nl
+                .link_index(iface)?
+                .ok_or_else(|| anyhow!("interface {iface:?} (--iface) does not exist"))?,
+        },
+        None => match cfg
+            .public_ip
+            .map(|ip| by_addr(&mut nl, ip))
+            .transpose()?
+            .flatten()
+        {
+            Some(i) => i,
+            None => nl
+                .default_route_link()?
+                .ok_or_else(|| anyhow!("no default route to pick the uplink from: set --iface"))?,
+        },
+    };
+    let link = links
+        .iter()
+        .find(|l| l.index == index)
+        .ok_or_else(|| anyhow!("uplink {index} vanished"))?;
+    let public_ip = match cfg.public_ip {
+        Some(ip) => ip,
+        None => nl
+            .ipv4_addresses(index)?
+            .first()
+            .map(|(a, _)| *a)
+            .ok_or_else(|| anyhow!("uplink {} has no IPv4 address: set --public-ip", link.name))?,
+    };
+    Ok((index, link.mtu, public_ip))
+}
+
+/// The subnet flanneld (or we) had before, from an existing subnet.env.
+fn previous_subnet(path: &std::path::Path) -> Option<Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    SubnetEnv::parse(&text, path).ok().map(|e| e.subnet)
+}
+
+impl Agent {
+    /// Watches `subnets/` from `revision`; returns `Ok` when it is time to re-list, an
+    /// error when the watch broke.
+    async fn watch(&mut self, revision: i64) -> Result<()> {
+        let mut stream = self.leases.registry.watch(revision).await?;
+        let resync = tokio::time::sleep(RESYNC_EVERY);
+        tokio::pin!(resync);
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m?,
+                _ = &mut resync => return Ok(()),
+                _ = tokio::time::sleep_until(self.leases.renew_at) => {
+                    self.leases.renew_or_retry("").await;
+                    continue;
+                }
+            };
+            let Some(resp) = msg else {
+                bail!("watch ended");
+            };
+            if resp.compact_revision() > 0 {
+                bail!("watch compacted at revision {}", resp.compact_revision());
+            }
+            if resp.canceled() {
+                bail!("watch canceled by etcd");
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let subnet = self.leases.subnet_of(&key);
+                match event.event_type() {
+                    EventType::Put => {
+                        if let Some(peer) = self.leases.peer_of(&key, kv.value()) {
+                            self.network.add_peer(peer).await;
+                        }
+                    }
+                    EventType::Delete if subnet == Some(self.leases.subnet) => {
+                        self.leases.recreate_own().await
+                    }
+                    EventType::Delete => {
+                        if let Some(subnet) = subnet {
+                            self.network.remove_peer(subnet).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Watch, renew, and ride out etcd outages (routes stay as they are until etcd says
+    /// otherwise).
+    async fn run(mut self, mut revision: i64) {
+        loop {
+            if let Err(e) = self.watch(revision).await {
+                warn!(error = %e, "lost the etcd watch; existing routes stay; resyncing");
+            }
+            loop {
+                // The connection may be gone: reconnect if a plain read fails.
+                match self.leases.registry.list().await {
+                    Ok((entries, rev)) => {
+                        self.network.converge(self.leases.peers(&entries)).await;
+                        revision = rev;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "etcd unreachable; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if tokio::time::Instant::now() >= self.leases.renew_at {
+                            let _ = self.leases.renew().await;
+                        }
+                    }
+                }
+            }
+            // Our key may have expired during the outage: renewing checks and recreates.
+            self.leases.renew_or_retry("after the outage ").await;
+        }
+    }
+}
+
+impl SubnetSource for EtcdSource {
+    fn describe(&self) -> String {
+        format!(
+            "etcd {} prefix {}",
+            self.cfg.endpoints.join(","),
+            self.cfg.prefix
+        )
+    }
+
+    fn acquire(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<SubnetEnv>> + Send + '_>> {
+        Box::pin(self.start())
+    }
+}
+
+impl EtcdSource {
+    /// Connects, leases a subnet, builds the vxlan device and routes, writes subnet.env,
+    /// and leaves the agent running in the background.
+    async fn start(&mut self) -> Result<SubnetEnv> {
+        let mut registry = Registry::connect(&self.cfg).await;
+        let net = registry.network_config().await?;
+        let cfg = self.cfg.clone();
+        let (uplink_index, uplink_mtu, public_ip) =
+            tokio::task::spawn_blocking(move || uplink(&cfg)).await??;
+        let mtu = net.mtu.unwrap_or(uplink_mtu.saturating_sub(VXLAN_OVERHEAD));
+        let spec = DeviceSpec {
+            vni: net.vni,
+            local: public_ip,
+            uplink: uplink_index,
+            port: net.port,
+            mtu,
+        };
+        let device = tokio::task::spawn_blocking(move || vxlan::ensure_device(&spec)).await??;
+        registry.set_own_value(lease_value(public_ip, net.vni, device.mac));
+        let mut leases = LeaseManager::new(
+            registry,
+            net.clone(),
+            public_ip,
+            self.cfg.lease_ttl,
+            self.overlay.clone(),
+        );
+        let (entries, revision) = leases
+            .acquire(previous_subnet(&self.cfg.subnet_file))
+            .await?;
+        let subnet = leases.subnet;
+        let dev = device.clone();
+        tokio::task::spawn_blocking(move || vxlan::set_device_address(&dev, subnet)).await??;
+        let network = VxlanNetwork::new(device, self.overlay.clone());
+        network.converge(leases.peers(&entries)).await;
+        if self.cfg.ip_masq {
+            let chains = flannel_chains(subnet, net.network);
+            let fw = self.firewall.clone();
+            let c = chains.clone();
+            tokio::task::spawn_blocking(move || fw.apply(&c)).await??;
+            // Like flanneld, put the rules back if someone flushes them.
+            tokio::spawn(crate::sys::firewall::keep(self.firewall.clone(), chains));
+        }
+        let env = SubnetEnv {
+            network: net.network,
+            subnet,
+            gateway: subnet.hosts().next().expect("subnets have hosts"),
+            mtu: network.device.mtu,
+            ipmasq: self.cfg.ip_masq,
+        };
+        write_atomically(&self.cfg.subnet_file, env.render().as_bytes(), 0o644, false)?;
+        info!(subnet = %subnet, public_ip = %public_ip, device = network.device.name, "overlay ready");
+        tokio::spawn(Agent { leases, network }.run(revision));
+        Ok(env)
+    }
+}

@@ -1,0 +1,78 @@
+//! The vxlan network (as flannel's `pkg/backend/vxlan/vxlan_network.go`): consumes lease
+//! events and keeps flannel.1's neighbours, fdb entries and routes equal to the peers.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use tracing::{error, info, warn};
+
+use super::lease::Peer;
+use super::vxlan::{self, Device};
+use super::SharedOverlay;
+
+pub(crate) struct VxlanNetwork {
+    pub device: Device,
+    /// The peers routed to, shared with status.
+    overlay: SharedOverlay,
+}
+
+impl VxlanNetwork {
+    pub fn new(device: Device, overlay: SharedOverlay) -> VxlanNetwork {
+        VxlanNetwork { device, overlay }
+    }
+
+    /// Routes to `peer` (a new one, or one whose lease changed).
+    pub async fn add_peer(&self, peer: Peer) {
+        let existing = self
+            .overlay
+            .lock()
+            .unwrap()
+            .peers
+            .get(&peer.subnet)
+            .cloned();
+        if existing.as_ref() == Some(&peer) {
+            return;
+        }
+        let (dev, p) = (self.device.clone(), peer.clone());
+        match tokio::task::spawn_blocking(move || vxlan::add_peer(&dev, &p)).await {
+            Ok(Ok(())) => {
+                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, "peer added");
+                self.overlay.lock().unwrap().peers.insert(peer.subnet, peer);
+            }
+            Ok(Err(e)) => {
+                error!(subnet = %peer.subnet, error = %format!("{e:#}"), "cannot route to peer")
+            }
+            Err(e) => error!(error = %e, "peer task failed"),
+        }
+    }
+
+    /// Stops routing to the peer that held `subnet`.
+    pub async fn remove_peer(&self, subnet: Ipv4Net) {
+        let Some(peer) = self.overlay.lock().unwrap().peers.remove(&subnet) else {
+            return;
+        };
+        let dev = self.device.clone();
+        let p = peer.clone();
+        match tokio::task::spawn_blocking(move || vxlan::remove_peer(&dev, &p)).await {
+            Ok(Ok(())) => info!(subnet = %subnet, public_ip = %peer.public_ip, "peer removed"),
+            Ok(Err(e)) => {
+                warn!(subnet = %subnet, error = %format!("{e:#}"), "peer removal incomplete")
+            }
+            Err(e) => error!(error = %e, "peer task failed"),
+        }
+    }
+
+    /// Makes the routes match `peers` exactly.
+    pub async fn converge(&self, peers: Vec<Peer>) {
+        let wanted: BTreeMap<Ipv4Net, Peer> = peers.into_iter().map(|p| (p.subnet, p)).collect();
+        let known: Vec<Ipv4Net> = self.overlay.lock().unwrap().peers.keys().copied().collect();
+        for subnet in known {
+            if !wanted.contains_key(&subnet) {
+                self.remove_peer(subnet).await;
+            }
+        }
+        for peer in wanted.into_values() {
+            self.add_peer(peer).await;
+        }
+    }
+}

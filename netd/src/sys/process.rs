@@ -1,0 +1,71 @@
+//! Processes named by PID and start time, so that a recycled PID is never mistaken for
+//! the process it used to be.
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::sys::pidwatch::PidWatch;
+
+/// A process, identified by PID and start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start: u64,
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from the closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ProcId {
+    pub fn of(pid: i32) -> Option<ProcId> {
+        start_time(pid).map(|start| ProcId { pid, start })
+    }
+
+    /// Whether this very process still runs (and is not a zombie).
+    pub fn alive(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let zombie = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|s| s == "Z");
+        !zombie && start_time(self.pid) == Some(self.start)
+    }
+
+    /// A pidfd for this process, if it is still this process.
+    pub fn watch(&self) -> Option<PidWatch> {
+        let watch = PidWatch::open(self.pid).ok()?;
+        // Checked after opening: the pidfd now pins the process we verified.
+        self.alive().then_some(watch)
+    }
+}
+
+/// Reaps `pid` if it is our exited child; harmless otherwise.
+pub fn reap(pid: i32) {
+    let _ = nix::sys::wait::waitpid(
+        Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_start_time_is_stable() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let other = ProcId {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(!other.alive(), "a different start time must not match");
+    }
+}
