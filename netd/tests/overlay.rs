@@ -10,6 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use testkit::cluster::{Cluster, Host, Site, ETCD_PREFIX, NETWORK_CONFIG};
 use testkit::etcd::Etcd;
+use testkit::netd::Netd;
 use testkit::runc::Container;
 use testkit::*;
 
@@ -407,6 +408,35 @@ fn invalid_network_config_is_explained() {
     assert!(
         etcd.get_prefix(&format!("{PREFIX}/subnets/")).is_empty(),
         "an invalid config took a lease"
+    );
+}
+
+/// An uplink much larger than the real link (a bubble's slirp4netns tap at 65520): the
+/// overlay MTU follows `--underlay-mtu`, not the uplink.
+#[test]
+fn overlay_mtu_follows_the_underlay_not_the_uplink() {
+    let mut cl = Cluster::new(1);
+    let h = &mut cl.hosts[0];
+    h.ns.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    h.start_netd_etcd(&cl.etcd, &["--underlay-mtu", "1500"]);
+    assert_eq!(h.ns.link_json("flannel.1").unwrap()["mtu"], 1450);
+    assert_eq!(h.netd().status().mtu, 1450);
+    let env = std::fs::read_to_string(h.dir.join("subnet.env")).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1450\n"), "{env}");
+    assert_eq!(h.ns.link_json("hpk-bridge").unwrap()["mtu"], 1450);
+
+    // Out of range: a clear error before anything is touched.
+    let out = Netd::command(
+        &h.ns,
+        &h.dir,
+        &["--subnet-source", "etcd", "--underlay-mtu", "100"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("underlay_mtu 100 is out of range"),
+        "{err}"
     );
 }
 

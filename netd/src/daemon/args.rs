@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Install flanneld's --ip-masq rules (source etcd).
     #[arg(long, env = "HPK_NETD_IP_MASQ", value_name = "BOOL")]
     ip_masq: Option<bool>,
+    /// MTU of the host link vxlan leaves on, when the uplink is not that link (a bubble
+    /// behind slirp4netns or pasta): the overlay MTU is this minus 50 (source etcd).
+    #[arg(long, env = "HPK_NETD_UNDERLAY_MTU", value_name = "BYTES")]
+    underlay_mtu: Option<u32>,
 }
 
 impl RunArgs {
@@ -117,6 +121,7 @@ impl RunArgs {
         set!(subnet.etcd.key_file <- self.etcd_key_file);
         set!(subnet.etcd.lease_ttl <- self.etcd_lease_ttl);
         set!(subnet.etcd.ip_masq <- self.ip_masq);
+        set!(subnet.etcd.underlay_mtu <- self.underlay_mtu);
         c.validate()?;
         Ok(c)
     }

@@ -58,6 +58,8 @@ pub struct EtcdConfig {
     pub lease_ttl: u64,
     /// Install flanneld's --ip-masq rules (and say so in subnet.env).
     pub ip_masq: bool,
+    /// MTU of the link vxlan really leaves the host on; 0: the uplink's own MTU.
+    pub underlay_mtu: u32,
 }
 
 impl Default for EtcdConfig {
@@ -72,6 +74,7 @@ impl Default for EtcdConfig {
             key_file: String::new(),
             lease_ttl: 86400,
             ip_masq: true,
+            underlay_mtu: 0,
         }
     }
 }
@@ -87,6 +90,12 @@ impl EtcdConfig {
             bail!(
                 "subnet.etcd.lease_ttl {} is too short (3 s at least)",
                 self.lease_ttl
+            );
+        }
+        if self.underlay_mtu != 0 && !(576..=65535).contains(&self.underlay_mtu) {
+            bail!(
+                "subnet.etcd.underlay_mtu {} is out of range (576 to 65535, or 0 for the uplink's MTU)",
+                self.underlay_mtu
             );
         }
         if self.cert_file.is_empty() != self.key_file.is_empty() {
@@ -112,6 +121,7 @@ impl EtcdConfig {
             key_file: opt(&self.key_file),
             lease_ttl: std::time::Duration::from_secs(self.lease_ttl),
             ip_masq: self.ip_masq,
+            underlay_mtu: (self.underlay_mtu != 0).then_some(self.underlay_mtu),
             subnet_file: subnet_file.to_path_buf(),
         })
     }

@@ -47,6 +47,10 @@ pub struct AgentConfig {
     pub key_file: Option<PathBuf>,
     pub lease_ttl: Duration,
     pub ip_masq: bool,
+    /// MTU of the link vxlan really leaves the host on, when the uplink is not that link
+    /// (a bubble's slirp4netns or pasta tap at 65520): vxlan must fit the real link, or
+    /// every datagram fragments on the LAN.
+    pub underlay_mtu: Option<u32>,
     /// Where subnet.env is written.
     pub subnet_file: PathBuf,
 }
@@ -248,7 +252,8 @@ impl EtcdSource {
         let cfg = self.cfg.clone();
         let (uplink_index, uplink_mtu, public_ip) =
             tokio::task::spawn_blocking(move || uplink(&cfg)).await??;
-        let mtu = net.mtu.unwrap_or(uplink_mtu.saturating_sub(VXLAN_OVERHEAD));
+        let underlay = self.cfg.underlay_mtu.unwrap_or(uplink_mtu);
+        let mtu = net.mtu.unwrap_or(underlay.saturating_sub(VXLAN_OVERHEAD));
         let spec = DeviceSpec {
             vni: net.vni,
             local: public_ip,
