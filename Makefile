@@ -1,7 +1,7 @@
 # hpktainer: build, test, benchmark. `make help` lists the targets.
 SHELL := /bin/bash
 BIN_DIR := bin
-BINARIES := hpk-netd hpk-net-daemon hpk-hook
+BINARIES := hpk-netd hpk-net-daemon hpk-hook hpktainer
 CARGO ?= cargo
 
 .PHONY: help deps binaries demo test lint bench clean
@@ -40,6 +40,7 @@ bench: binaries
 	scripts/bench/datapath.sh
 	scripts/bench/hooks.sh
 	scripts/bench/overlay.sh
+	scripts/bench/start.sh
 
 clean:
 	$(CARGO) clean

@@ -6,8 +6,10 @@ set -euo pipefail
 packages=(
     iproute2 iptables nftables iputils-ping procps util-linux   # kernel networking tools
     iperf3 jq                                                   # benchmarks and test checks
-    busybox-static runc                                         # nested containers in tests
-    etcd-server etcd-client slirp4netns                         # bubbles and the overlay
+    busybox-static runc crun                                    # nested containers in tests
+    skopeo umoci docker-registry podman                         # hpktainer: images, registry, Podman tests
+    etcd-server etcd-client slirp4netns passt                   # bubbles and the overlay
+    slurmctld slurmd slurm-client munge                         # the simulated Slurm cluster
     protobuf-compiler libprotobuf-dev                           # etcd-client's build
     build-essential pkg-config ca-certificates
 )

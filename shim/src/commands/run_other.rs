@@ -1,0 +1,103 @@
+//! `run` through Apptainer or SingularityCE: they pull and build by themselves; we add
+//! our hooks (a bundle edit, or a CDI device) and run them in the foreground.
+
+use anyhow::{bail, Context, Result};
+use tracing::info;
+
+use super::run::Checked;
+use super::{exit_code, Ctx};
+use crate::cli::RunOpts;
+use crate::hookset::HookSet;
+use crate::runtime::{apptainer, singularity};
+use crate::state::ContainerDir;
+use crate::{signals, tool};
+
+fn no_detach(opts: &RunOpts, runtime: &str) -> Result<()> {
+    if opts.detach {
+        bail!("{runtime} runs are foreground only here: use --runtime runc or crun for -d");
+    }
+    if opts.user.is_some() || opts.hostname.is_some() {
+        bail!("--user and --hostname are not passed to {runtime}: use --runtime runc or crun");
+    }
+    Ok(())
+}
+
+/// `apptainer oci mount`, our hooks into the bundle, `apptainer oci run`, `oci umount`.
+pub fn apptainer(
+    ctx: &Ctx,
+    opts: &RunOpts,
+    c: Checked,
+    image: &str,
+    command: &[String],
+) -> Result<i32> {
+    no_detach(opts, "Apptainer")?;
+    apptainer::check_root()?;
+    if !c.binds.is_empty() {
+        bail!("-v/--bind is not passed to Apptainer OCI bundles here: use --runtime runc or crun");
+    }
+    // Under a lock like our own containers, so a sweep leaves a running one alone; the
+    // bundle is one level down, where the sweep checks for a mount before removing.
+    let dir = ContainerDir::new(ctx.paths.containers.join(format!(".apptainer-{}", c.name)));
+    let bundle = dir.bundle();
+    std::fs::create_dir_all(&bundle)?;
+    let _lock = dir.lock_owner()?;
+    let path = &c.runtime.path;
+    let result = (|| {
+        tool::output(
+            apptainer::mount_cmd(path, image, &bundle),
+            "apptainer oci mount",
+        )?;
+        let overrides = apptainer::Overrides {
+            args: command.to_vec(),
+            env: c.env.clone(),
+            cwd: opts.workdir.clone(),
+            annotations: c.annotations.clone(),
+        };
+        apptainer::edit_bundle(&bundle, c.hooks.as_ref(), &overrides)?;
+        info!(container = %c.name, "starting with apptainer");
+        signals::block();
+        let mut child = apptainer::run_cmd(path, &bundle, &c.name)
+            .spawn()
+            .context("cannot run apptainer")?;
+        let status = child.wait()?;
+        Ok(exit_code(status))
+    })();
+    let _ = tool::output(apptainer::umount_cmd(path, &bundle), "apptainer oci umount");
+    let _ = crate::rootfs::remove_dir(&dir);
+    result
+}
+
+/// `singularity run|exec --oci ... --device hpktainer.io/net=net --cdi-dirs DIR`.
+pub fn singularity(
+    ctx: &Ctx,
+    opts: &RunOpts,
+    c: Checked,
+    image: &str,
+    command: &[String],
+) -> Result<i32> {
+    no_detach(opts, "SingularityCE")?;
+    if opts.ip.is_some() {
+        bail!("--ip cannot reach the hook through SingularityCE's CDI device: use --runtime runc or crun");
+    }
+    let cdi_dir = ctx.paths.generated.join("cdi");
+    if let Some(hooks) = &c.hooks {
+        std::fs::create_dir_all(&cdi_dir)?;
+        let path = cdi_dir.join(HookSet::cdi_file_name());
+        std::fs::write(&path, serde_json::to_vec_pretty(&hooks.cdi_spec())?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let inv = singularity::Invocation {
+        image: image.to_string(),
+        args: command.to_vec(),
+        env: c.env.clone(),
+        binds: opts.bind.clone(),
+        cwd: opts.workdir.clone(),
+        cdi_dir,
+        no_network: c.hooks.is_none(),
+    };
+    let mut cmd = singularity::command(&c.runtime.path, &inv)?;
+    info!(command = %tool::render(&cmd), "starting with singularity");
+    signals::block();
+    let status = cmd.status().context("cannot run singularity")?;
+    Ok(exit_code(status))
+}

@@ -1,0 +1,36 @@
+//! Talking to hpk-netd before a container starts: a "netd down" is one clear line here
+//! rather than a hook failure in the runtime's words.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use hpk_hook::client::Client;
+use hpk_hook::proto::{Request, Response, Status};
+use ipnet::Ipv4Net;
+
+/// hpk-netd's status, or why it cannot be had.
+pub fn status(socket: &Path) -> Result<Status> {
+    match Client::new(socket).call(&Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        Response::Error { message } => bail!("hpk-netd refused the status request: {message}"),
+        other => bail!("hpk-netd answered the status request with {other:?}"),
+    }
+}
+
+/// Checks that `ip` can be a container's address in the bubble's subnet.
+pub fn check_address(status: &Status, ip: Ipv4Addr) -> Result<()> {
+    let subnet: Ipv4Net = status.subnet.parse().map_err(|_| {
+        anyhow!(
+            "hpk-netd reports a subnet {:?} that is not CIDR",
+            status.subnet
+        )
+    })?;
+    if !subnet.contains(&ip) {
+        bail!("--ip {ip} is outside this bubble's subnet {subnet}: pick an address in it (see `hpktainer status`)");
+    }
+    if ip == subnet.network() || ip == subnet.broadcast() || ip == status.gateway {
+        bail!("--ip {ip} is the network, broadcast or gateway address of {subnet}: pick another");
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Bad input and broken surroundings: one clear line, exit status 125, nothing left
+//! behind (links, addresses, processes, directories). And a SIGKILLed hpktainer: the next
+//! `ps` or `run` shows and sweeps what it left.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::{stderr, Env};
+use testkit::{wait_until, Proc};
+
+/// Runs `args`, expects hpktainer's own failure with `needle` in one error line.
+fn refused(env: &Env, args: &[&str], needle: &str) {
+    let out = env.out(args);
+    let msg = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{args:?}: {msg}");
+    let errors: Vec<_> = msg
+        .lines()
+        .filter(|l| l.starts_with("hpktainer: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{args:?}: not one error line: {msg}");
+    assert!(errors[0].contains(needle), "{args:?}: {msg}");
+    env.assert_clean();
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_leaves_nothing() {
+    let env = Env::new("10.244.13.1/24");
+    let r = env.rootfs();
+    refused(
+        &env,
+        &["run", "/no/such/image", "true"],
+        "unknown image \"/no/such/image\"",
+    );
+    refused(
+        &env,
+        &["run", "docker://Bad/Name", "true"],
+        "malformed image reference",
+    );
+    refused(
+        &env,
+        &["run", "docker://127.0.0.1:5999/none/here:1", "true"],
+        "connection refused",
+    );
+    refused(
+        &env,
+        &["run", "--runtime", "no-such-runtime", r, "true"],
+        "runtime no-such-runtime not found on PATH",
+    );
+    refused(
+        &env,
+        &["run", "-v", "/no/such/src:/x", r, "true"],
+        "the source /no/such/src does not exist",
+    );
+    refused(
+        &env,
+        &["run", "--ip", "10.99.0.5", r, "true"],
+        "outside this bubble's subnet 10.244.13.0/24",
+    );
+    refused(
+        &env,
+        &["run", "--name", "bad/name", r, "true"],
+        "container name",
+    );
+    // hpk-netd down: a socket nobody serves.
+    let dead = env.dir.join("dead.sock");
+    let out = env
+        .bubble
+        .nsenter(support::HPKTAINER)
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--socket")
+        .arg(&dead)
+        .args(["run", r, "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("hpk-netd is not running"),
+        "{}",
+        stderr(&out)
+    );
+    env.assert_clean();
+
+    // A name in use.
+    env.ok(&["run", "-d", "--name", "taken", r, "sleep", "600"]);
+    let out = env.out(&["run", "--name", "taken", r, "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("the name taken is already in use"),
+        "{}",
+        stderr(&out)
+    );
+    // A static address someone holds: the hook's refusal, and hpktainer's own exit status.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "first",
+        "--ip",
+        "10.244.13.50",
+        r,
+        "sleep",
+        "600",
+    ]);
+    let out = env.out(&["run", "--ip", "10.244.13.50", r, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hpk-hook"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hpktainer: runc could not start the container"),
+        "{}",
+        stderr(&out)
+    );
+    env.ok(&["rm", "--force", "taken", "first"]);
+    env.assert_clean();
+    // Nothing half-unpacked in the image cache either.
+    let tmp: Vec<_> = std::fs::read_dir(env.root.join("images/rootfs"))
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+/// Starts a foreground `hpktainer run` and waits until its container is attached.
+fn foreground(env: &Env, name: &str, script: &str) -> Proc {
+    // Not a pipe: the container inherits hpktainer's stdio and would hold it open.
+    let log = std::fs::File::create(env.dir.join(format!("{name}.err"))).unwrap();
+    let child = env
+        .hpk(&["run", "--name", name, env.rootfs(), "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let p = Proc {
+        child,
+        what: format!("hpktainer run {name}"),
+    };
+    wait_until(
+        "the container to be attached",
+        Duration::from_secs(20),
+        || env.netd.status().endpoints.iter().any(|e| e.id == name),
+    );
+    p
+}
+
+#[test]
+fn a_killed_hpktainer_is_swept_by_the_next_ps_and_run() {
+    let env = Env::new("10.244.14.1/24");
+    let mut p = foreground(&env, "k1", "sleep 600");
+    let rows = env.ps();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["status"], "running");
+    p.stop_with(Signal::SIGKILL);
+    let out = env.out(&["ps", "-a"]);
+    assert!(stderr(&out).contains("removed k1"), "{}", stderr(&out));
+    assert!(!support::stdout(&out).contains("k1"));
+    env.assert_clean();
+
+    // The same through the next run.
+    let mut p = foreground(&env, "k2", "sleep 600");
+    p.stop_with(Signal::SIGKILL);
+    assert_eq!(
+        env.ok(&["run", env.rootfs(), "echo", "next"]).trim(),
+        "next"
+    );
+    env.assert_clean();
+
+    // SIGTERM to a foreground hpktainer reaches the container, whose trap decides the
+    // exit code (a PID 1 without a handler would ignore it, as under any runtime).
+    let mut p = foreground(
+        &env,
+        "k3",
+        "trap 'exit 42' TERM; while true; do sleep 1; done",
+    );
+    let (code, _) = p.stop_with(Signal::SIGTERM);
+    let err = std::fs::read_to_string(env.dir.join("k3.err")).unwrap();
+    assert_eq!(code, Some(42), "{err}");
+    env.assert_clean();
+
+    // A detached container that ended keeps its log until prune.
+    env.ok(&["run", "-d", "--name", "ended", env.rootfs(), "echo", "bye"]);
+    wait_until("the container to end", Duration::from_secs(10), || {
+        env.ps()
+            .iter()
+            .any(|r| r["name"] == "ended" && r["status"] == "exited")
+    });
+    assert_eq!(env.ok(&["logs", "ended"]).trim(), "bye");
+    assert_eq!(env.ok(&["prune"]).trim(), "ended");
+    env.assert_clean();
+
+    // A detached --rm container that ended on its own is swept by the next ps.
+    env.ok(&["run", "-d", "--rm", "--name", "short", env.rootfs(), "true"]);
+    wait_until(
+        "the --rm container to be swept",
+        Duration::from_secs(10),
+        || env.ps().is_empty(),
+    );
+    env.assert_clean();
+}
