@@ -110,6 +110,9 @@ pub struct PeerStatus {
     pub subnet: String,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: String,
+    /// When the peer's lease runs out, seconds since the Unix epoch, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 #[cfg(test)]

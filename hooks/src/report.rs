@@ -28,31 +28,32 @@ pub fn table(s: &Status) -> String {
         s.addresses_in_use, s.addresses_total
     )
     .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     if let Some(lease) = &s.lease {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let left = lease.expires.saturating_sub(now);
         writeln!(
             out,
-            "lease       {} for {}, expires in {}h{:02}m{:02}s",
+            "lease       {} for {}, expires in {}",
             lease.subnet,
             lease.public_ip,
-            left / 3600,
-            left % 3600 / 60,
-            left % 60
+            remaining(lease.expires, now)
         )
         .unwrap();
     }
     for p in &s.peers {
+        let expires = p
+            .expires
+            .map(|t| format!(", lease expires in {}", remaining(t, now)))
+            .unwrap_or_default();
         writeln!(
             out,
-            "peer        {} via {} ({})",
+            "peer        {} via {} ({}){expires}",
             p.subnet, p.public_ip, p.vtep_mac
         )
         .unwrap();
     }
-    writeln!(out,).unwrap();
+    writeln!(out).unwrap();
     writeln!(
         out,
         "{:<24} {:<16} {:>8} {:<16} {:>9} {:>14} {:>14}",
@@ -75,4 +76,54 @@ pub fn table(s: &Status) -> String {
         .unwrap();
     }
     out
+}
+
+/// `2h05m09s` from now until `at` (seconds since the epoch).
+fn remaining(at: u64, now: u64) -> String {
+    let left = at.saturating_sub(now);
+    format!("{}h{:02}m{:02}s", left / 3600, left % 3600 / 60, left % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{LeaseStatus, PeerStatus};
+
+    #[test]
+    fn the_table_names_every_bubble_and_its_lease() {
+        let status: Status = serde_json::from_str(
+            r#"{"source":"etcd","network":"10.244.0.0/16","subnet":"10.244.3.0/24",
+                "gateway":"10.244.3.1","mtu":1450,"bridge":"hpk-bridge","masquerade":true,
+                "addresses_in_use":0,"addresses_total":253,"endpoints":[]}"#,
+        )
+        .unwrap();
+        let mut status = status;
+        status.lease = Some(LeaseStatus {
+            subnet: "10.244.3.0/24".into(),
+            public_ip: "192.0.2.11".parse().unwrap(),
+            expires: u64::MAX,
+        });
+        status.peers = vec![
+            PeerStatus {
+                subnet: "10.244.7.0/24".into(),
+                public_ip: "192.0.2.12".parse().unwrap(),
+                vtep_mac: "02:00:00:00:00:07".into(),
+                expires: Some(0),
+            },
+            PeerStatus {
+                subnet: "10.244.9.0/24".into(),
+                public_ip: "192.0.2.13".parse().unwrap(),
+                vtep_mac: "02:00:00:00:00:09".into(),
+                expires: None,
+            },
+        ];
+        let text = table(&status);
+        assert!(text.contains("lease       10.244.3.0/24 for 192.0.2.11, expires in "));
+        assert!(text.contains(
+            "peer        10.244.7.0/24 via 192.0.2.12 (02:00:00:00:00:07), lease expires in 0h00m00s\n"
+        ));
+        assert!(text.contains("peer        10.244.9.0/24 via 192.0.2.13 (02:00:00:00:00:09)\n"));
+        assert!(text.contains("CONTAINER"));
+        assert_eq!(remaining(3600 + 61, 0), "1h01m01s");
+    }
 }

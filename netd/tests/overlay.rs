@@ -96,6 +96,15 @@ fn containers_on_three_hosts_reach_each_other() {
         );
         let status = h.netd().status();
         assert_eq!(status.peers.len(), 2, "{:?}", status.peers);
+        // Every other bubble's lease expiry is known (the default TTL is 24 h).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for p in &status.peers {
+            let left = p.expires.expect("peer lease expiry").saturating_sub(now);
+            assert!((86_000..=86_400).contains(&left), "{p:?}");
+        }
         assert_eq!(status.lease.unwrap().public_ip, h.addr);
     }
 }

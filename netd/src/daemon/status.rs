@@ -80,6 +80,7 @@ fn overlay(overlay: &SharedOverlay) -> (Option<LeaseStatus>, Vec<PeerStatus>) {
             subnet: p.subnet.to_string(),
             public_ip: p.public_ip,
             vtep_mac: format_mac(p.vtep_mac),
+            expires: o.peer_expiry.get(&p.subnet).copied(),
         })
         .collect();
     (lease, peers)

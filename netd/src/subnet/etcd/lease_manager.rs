@@ -5,7 +5,7 @@
 //! logged and ignored instead of dropping every route, and a lost own lease is recreated
 //! for the same subnet instead of exiting.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,12 +71,12 @@ impl LeaseManager {
             let (entries, _) = self.registry.list().await?;
             let mut taken = HashSet::new();
             let mut ours = None;
-            for (key, value) in &entries {
-                let Some(subnet) = parse_subnet_key(self.registry.prefix(), key) else {
+            for entry in &entries {
+                let Some(subnet) = parse_subnet_key(self.registry.prefix(), &entry.key) else {
                     continue;
                 };
                 taken.insert(subnet);
-                if let Ok(Parsed::Vxlan(p)) = parse_lease(subnet, value) {
+                if let Ok(Parsed::Vxlan(p)) = parse_lease(subnet, &entry.value) {
                     if p.public_ip == self.public_ip && self.net.fits(subnet) {
                         ours = Some(subnet);
                     }
@@ -204,11 +204,22 @@ impl LeaseManager {
         }
     }
 
-    /// The valid peers among listed entries.
-    pub fn peers(&self, entries: &[Entry]) -> Vec<Peer> {
+    /// The valid peers among listed entries, with the etcd lease each lives by.
+    pub fn peers(&self, entries: &[Entry]) -> Vec<(Peer, i64)> {
         entries
             .iter()
-            .filter_map(|(k, v)| self.peer_of(k, v))
+            .filter_map(|e| Some((self.peer_of(&e.key, &e.value)?, e.lease)))
             .collect()
+    }
+
+    /// When each peer's lease runs out, for status (one etcd call per peer).
+    pub async fn peer_expiry(&mut self, peers: &[(Peer, i64)]) -> BTreeMap<Ipv4Net, u64> {
+        let mut expiry = BTreeMap::new();
+        for (peer, lease) in peers {
+            if let Some(t) = self.registry.expiry(*lease).await {
+                expiry.insert(peer.subnet, t);
+            }
+        }
+        expiry
     }
 }

@@ -62,6 +62,9 @@ pub struct Overlay {
     pub public_ip: Option<Ipv4Addr>,
     pub expires: u64,
     pub peers: BTreeMap<Ipv4Net, Peer>,
+    /// When each peer's lease runs out (seconds since the epoch), refreshed at each
+    /// re-list and lease event.
+    pub peer_expiry: BTreeMap<Ipv4Net, u64>,
 }
 
 pub type SharedOverlay = Arc<Mutex<Overlay>>;
@@ -181,7 +184,10 @@ impl Agent {
                 match event.event_type() {
                     EventType::Put => {
                         if let Some(peer) = self.leases.peer_of(&key, kv.value()) {
+                            let expiry = self.leases.registry.expiry(kv.lease()).await;
+                            let subnet = peer.subnet;
                             self.network.add_peer(peer).await;
+                            self.network.note_expiry(subnet, expiry);
                         }
                     }
                     EventType::Delete if subnet == Some(self.leases.subnet) => {
@@ -208,7 +214,12 @@ impl Agent {
                 // The connection may be gone: reconnect if a plain read fails.
                 match self.leases.registry.list().await {
                     Ok((entries, rev)) => {
-                        self.network.converge(self.leases.peers(&entries)).await;
+                        let peers = self.leases.peers(&entries);
+                        let expiry = self.leases.peer_expiry(&peers).await;
+                        self.network
+                            .converge(peers.into_iter().map(|(p, _)| p).collect())
+                            .await;
+                        self.network.set_expiry(expiry);
                         revision = rev;
                         break;
                     }
@@ -277,7 +288,12 @@ impl EtcdSource {
         let dev = device.clone();
         tokio::task::spawn_blocking(move || vxlan::set_device_address(&dev, subnet)).await??;
         let network = VxlanNetwork::new(device, self.overlay.clone());
-        network.converge(leases.peers(&entries)).await;
+        let peers = leases.peers(&entries);
+        let expiry = leases.peer_expiry(&peers).await;
+        network
+            .converge(peers.into_iter().map(|(p, _)| p).collect())
+            .await;
+        network.set_expiry(expiry);
         if self.cfg.ip_masq {
             let chains = flannel_chains(subnet, net.network);
             let fw = self.firewall.clone();

@@ -16,8 +16,13 @@ use super::lease;
 use super::netconfig::NetworkConfig;
 use super::AgentConfig;
 
-/// One key under `subnets/` as listed: its key and raw value.
-pub(crate) type Entry = (String, Vec<u8>);
+/// One key under `subnets/` as listed.
+pub(crate) struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The etcd lease the key lives by (0: none).
+    pub lease: i64,
+}
 
 pub(crate) struct Registry {
     client: Client,
@@ -118,11 +123,10 @@ impl Registry {
         let entries = resp
             .kvs()
             .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
+            .map(|kv| Entry {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                lease: kv.lease(),
             })
             .collect();
         Ok((entries, revision))
@@ -174,6 +178,25 @@ impl Registry {
             Compare::value(key, CompareOp::Equal, ours)
         })
         .await
+    }
+
+    /// When the etcd lease `lease` runs out, in seconds since the Unix epoch; `None` for
+    /// a key without a lease or one that is gone.
+    pub async fn expiry(&mut self, lease: i64) -> Option<u64> {
+        if lease == 0 {
+            return None;
+        }
+        let ttl = self
+            .client
+            .lease_time_to_live(lease, None)
+            .await
+            .ok()?
+            .ttl();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        (ttl > 0).then(|| now + ttl as u64)
     }
 
     /// Watches `subnets/` from the revision after `revision`.

@@ -51,6 +51,7 @@ impl VxlanNetwork {
         let Some(peer) = self.overlay.lock().unwrap().peers.remove(&subnet) else {
             return;
         };
+        self.overlay.lock().unwrap().peer_expiry.remove(&subnet);
         let dev = self.device.clone();
         let p = peer.clone();
         match tokio::task::spawn_blocking(move || vxlan::remove_peer(&dev, &p)).await {
@@ -60,6 +61,24 @@ impl VxlanNetwork {
             }
             Err(e) => error!(error = %e, "peer task failed"),
         }
+    }
+
+    /// Records when peers' leases run out, for status; only peers routed to are kept.
+    pub fn set_expiry(&self, expiry: BTreeMap<Ipv4Net, u64>) {
+        let mut o = self.overlay.lock().unwrap();
+        o.peer_expiry = expiry
+            .into_iter()
+            .filter(|(s, _)| o.peers.contains_key(s))
+            .collect();
+    }
+
+    /// Records one peer's lease expiry after a lease event.
+    pub fn note_expiry(&self, subnet: Ipv4Net, expiry: Option<u64>) {
+        let mut o = self.overlay.lock().unwrap();
+        match expiry {
+            Some(t) if o.peers.contains_key(&subnet) => o.peer_expiry.insert(subnet, t),
+            _ => o.peer_expiry.remove(&subnet),
+        };
     }
 
     /// Makes the routes match `peers` exactly.
