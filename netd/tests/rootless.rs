@@ -5,9 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use testkit::netd::{subnet_env, Netd};
+use testkit::rootless::RootlessBubble;
 use testkit::runc::{bundle, rootfs, BundleSpec, Runc};
 use testkit::world::{echo_from, World};
 use testkit::*;
@@ -48,52 +48,12 @@ fn rootless_bubble_attaches_and_reaches_the_outside() {
         .args(["-R", &format!("{USER}:{USER}")])
         .arg(&dir));
 
-    // The bubble: the unprivileged user's namespaces, kept open by a sleeping process.
-    let bubble_proc = Proc::spawn(
-        "bubble",
-        host.nsenter("setpriv")
-            .args([
-                &format!("--reuid={USER}"),
-                &format!("--regid={USER}"),
-                "--clear-groups",
-            ])
-            .args([
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--net",
-                "--mount",
-                "sleep",
-                "600",
-            ]),
-    );
-    let pid = bubble_proc.pid();
-    // `unshare` execs `sleep` only once the namespaces exist.
-    wait_until("bubble namespaces", Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-    });
-    let bubble = Netns::attach(format!("{p}-bubble"), pid);
-    // slirp4netns in the host namespace gives the bubble tap0 and NAT, as on a node.
-    let _slirp = Proc::spawn(
-        "slirp4netns",
-        host.nsenter("slirp4netns").args([
-            "--configure",
-            "--mtu=65520",
-            "--disable-host-loopback",
-            &pid.to_string(),
-            "tap0",
-        ]),
-    );
-    wait_until("slirp4netns tap0", Duration::from_secs(10), || {
-        bubble.link_up("tap0")
-    });
-
-    let enter: Vec<String> = ["nsenter", "-t", &pid.to_string(), "-U", "-n", "-m"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // The bubble: the unprivileged user's namespaces, with slirp4netns as on a node.
+    let rootless = RootlessBubble::start(&host, &p, USER);
+    let bubble = &rootless.ns;
+    let enter = rootless.enter();
     let netd = Netd::start_rootless(enter.clone(), &dir);
-    let mut runc = Runc::new(&bubble, &dir);
+    let mut runc = Runc::new(bubble, &dir);
     runc.prefix = enter;
 
     let c1 = runc.run("rl1", &b).expect("rootless container 1 starts");
@@ -130,5 +90,5 @@ fn rootless_bubble_attaches_and_reaches_the_outside() {
     let fw: Vec<_> = status.endpoints.iter().map(|e| e.forwarder_pid).collect();
     c1.stop();
     c2.stop();
-    netd.assert_empty(&bubble, &fw);
+    netd.assert_empty(bubble, &fw);
 }

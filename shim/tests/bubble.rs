@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use support::{busybox_rootfs, stderr, stdout};
 use testkit::netd::{subnet_env, Netd};
+use testkit::rootless::RootlessBubble;
 use testkit::world::{World, ECHO_PORT, OUTSIDE};
 use testkit::*;
 
@@ -53,47 +54,10 @@ fn hpktainer_in_a_rootless_bubble() {
         .args(["-R", &format!("{USER}:{USER}")])
         .arg(&dir));
 
-    let bubble_proc = Proc::spawn(
-        "bubble",
-        host.nsenter("setpriv")
-            .args([
-                &format!("--reuid={USER}"),
-                &format!("--regid={USER}"),
-                "--clear-groups",
-            ])
-            .args([
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--net",
-                "--mount",
-                "sleep",
-                "600",
-            ]),
-    );
-    let pid = bubble_proc.pid();
-    wait_until("bubble namespaces", Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-    });
-    let bubble = Netns::attach(format!("{p}-bubble"), pid);
-    bubble.ip(&["link", "set", "lo", "up"]);
-    let _slirp = Proc::spawn(
-        "slirp4netns",
-        host.nsenter("slirp4netns").args([
-            "--configure",
-            "--mtu=65520",
-            "--disable-host-loopback",
-            &pid.to_string(),
-            "tap0",
-        ]),
-    );
-    wait_until("slirp4netns tap0", Duration::from_secs(10), || {
-        bubble.link_up("tap0")
-    });
-    let enter: Vec<String> = ["nsenter", "-t", &pid.to_string(), "-U", "-n", "-m"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // The bubble: the unprivileged user's namespaces, with slirp4netns as on a node.
+    let rootless = RootlessBubble::start(&host, &p, USER);
+    let bubble = &rootless.ns;
+    let enter = rootless.enter();
     let netd = Netd::start_rootless(enter.clone(), &dir);
 
     // A registry on the bubble's loopback, and the image pushed to it.
@@ -173,7 +137,7 @@ fn hpktainer_in_a_rootless_bubble() {
     wait_until("endpoints released", Duration::from_secs(10), || {
         netd.status().endpoints.is_empty()
     });
-    netd.assert_empty(&bubble, &[]);
+    netd.assert_empty(bubble, &[]);
     assert_eq!(
         std::fs::read_dir(dir.join("hpk/containers"))
             .unwrap()

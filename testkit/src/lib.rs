@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod netd;
 pub mod netns;
 pub mod process;
+pub mod rootless;
 pub mod runc;
 pub mod traffic;
 pub mod world;
