@@ -63,12 +63,20 @@ make_bundle plain no '["true"]'
 make_bundle hooked yes '["true"]'
 make_bundle sleeper yes '["sleep","600"]'
 
-# 1. runc run of `true`, with and without hooks, alternating.
+no_endpoints() { "$netd" status --socket "$dir/netd.sock" --json | jq -e '.endpoints == []' >/dev/null; }
+
+# 1. runc run of `true`, with and without hooks, alternating. A poststop answers at once
+# and the taps go in the background: wait for that before the next run, or the kernel's
+# teardown lands in the next (plain) run and hides the hooks' cost.
 with=() without=()
 for i in $(seq "$runs"); do
     t=$(now_ns); in_bubble runc --root "$dir/runc" run --bundle "$dir/plain" "p$i" </dev/null >/dev/null; without+=("$(ms_since "$t")")
     t=$(now_ns); in_bubble runc --root "$dir/runc" run --bundle "$dir/hooked" "h$i" </dev/null >/dev/null; with+=("$(ms_since "$t")")
+    wait_for "teardown of h$i" no_endpoints
 done
+# Sanity: every hooked run was attached and detached by hpk-netd.
+attached=$(grep -cE 'attached.*id="?h[0-9]' "$dir/netd.log" || true)
+detached=$(grep -cE 'detached.*id="?h[0-9]' "$dir/netd.log" || true)
 
 # 2. The hook's own wall time, attach and detach of a live process in its own namespace.
 unshare --net sleep 600 >/dev/null &
@@ -76,7 +84,6 @@ target=$!
 pids+=("$target")
 own_netns() { [ "$(readlink "/proc/$1/ns/net")" != "$(readlink /proc/self/ns/net)" ]; }
 wait_for "target namespace" own_netns "$target"
-no_endpoints() { "$netd" status --socket "$dir/netd.sock" --json | jq -e '.endpoints == []' >/dev/null; }
 attach=() detach=()
 for i in $(seq "$runs"); do
     state="{\"ociVersion\":\"1.0.2\",\"id\":\"bench$i\",\"status\":\"creating\",\"pid\":$target,\"bundle\":\"$dir/plain\"}"
@@ -92,6 +99,12 @@ printf '%-44s %10s\n' "runc run busybox true, with hooks (ms)" "$(median "${with
 printf '%-44s %10s\n' "  added by the hooks (ms)" "$(awk -v a="$(median "${with[@]}")" -v b="$(median "${without[@]}")" 'BEGIN{printf "%.2f", a-b}')"
 printf '%-44s %10s\n' "hpk-hook createRuntime wall time (ms)" "$(median "${attach[@]}")"
 printf '%-44s %10s\n' "hpk-hook poststop wall time (ms)" "$(median "${detach[@]}")"
+added=$(awk -v a="$(median "${with[@]}")" -v b="$(median "${without[@]}")" 'BEGIN{print a-b}')
+if [ "$attached" -lt "$runs" ] || [ "$detached" -lt "$runs" ]; then
+    echo "WARNING: hpk-netd logged $attached attaches and $detached detaches for $runs hooked runs: the figures above are not what they claim"
+elif awk -v a="$added" -v h="$(median "${attach[@]}")" 'BEGIN{exit !(a < h / 2)}'; then
+    echo "WARNING: the hooks add less than half of createRuntime's own wall time: this run cannot see their cost (a busy machine?)"
+fi
 
 # 3. Container to container: two runc containers vs two veth namespaces on a bridge.
 for id in c1 c2; do in_bubble runc --root "$dir/runc" run -d --bundle "$dir/sleeper" "$id" </dev/null >/dev/null 2>&1; done
