@@ -31,6 +31,7 @@ test: deps lint
 	$(CARGO) build --workspace --bins --locked
 	set -o pipefail; $(CARGO) test --workspace --all-targets --locked 2>&1 | tee target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
+	scripts/tests/sim-slurm.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

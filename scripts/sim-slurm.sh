@@ -110,10 +110,18 @@ start_munge() {
     dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none
     chown munge:munge "$dir/munge/munge.key"
     chmod 0400 "$dir/munge/munge.key"
-    runuser -u munge -- munged </dev/null >/dev/null 2>&1 --socket="$dir/munge/munge.socket.2" \
+    runuser -u munge -- munged --foreground --socket="$dir/munge/munge.socket.2" \
         --key-file="$dir/munge/munge.key" --pid-file="$dir/munge/munged.pid" \
-        --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed"
-    wait_until "munged" 10 test -S "$dir/munge/munge.socket.2"
+        --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed" \
+        </dev/null >"$dir/log/munged.out" 2>&1 &
+    echo $! >"$dir/munged.launcher.pid"
+    local end=$((SECONDS + 10))
+    until [ -S "$dir/munge/munge.socket.2" ]; do
+        kill -0 "$(cat "$dir/munged.launcher.pid")" 2>/dev/null ||
+            die "munged did not start: $(tail -n 1 "$dir/log/munged.out") (every directory above $dir must be searchable by user munge)"
+        [ $SECONDS -lt "$end" ] || die "timed out after 10s waiting for munged (logs in $dir)"
+        sleep 0.1
+    done
 }
 
 up() {
@@ -123,6 +131,8 @@ up() {
     done
     [ -e "/run/netns/$p-lan" ] && die "a simulated cluster is already up ($p-lan exists): run '$0 down' first"
     case $nodes in '' | *[!0-9]* | 0) die "-n wants a number of nodes (1 or more)" ;; esac
+    # From here on, a failure removes whatever was made.
+    trap 'down >/dev/null 2>&1' EXIT
     write_config
     ip netns add "$p-lan"
     ip -n "$p-lan" link set lo up
@@ -159,14 +169,17 @@ up() {
         in_node "$ns" slurmd -D -N "$ns" -f "$dir/slurm.conf" </dev/null >>"$dir/log/slurmd-$ns.out" 2>&1 &
         echo $! >"$dir/slurmd-$ns.launcher.pid"
     done
+    local dflag=""
+    [ "$dir" = /run/hpk-sim ] || dflag=" -d $dir"
     idle() { [ "$(run sinfo -h -N -t idle -o %N | sort -u | wc -l)" -eq "$nodes" ]; }
     wait_until "$nodes idle nodes" 60 idle
+    trap - EXIT
     cat <<EOF
 Slurm is up: controller ctl (192.0.2.10), nodes $(node_names)(192.0.2.11-$((10 + nodes))),
 outside HTTP server http://198.51.100.2/.
-  $0 run sinfo
-  $0 run sbatch --nodes=$nodes scripts/hpk.slurm
-  $0 down      # when done
+  $0 run$dflag sinfo
+  $0 run$dflag sbatch --nodes=$nodes scripts/hpk.slurm
+  $0 down$dflag      # when done
 EOF
 }
 
@@ -194,7 +207,7 @@ down() {
         "$dir/slurmctld.launcher.pid" "$dir/httpd.pid"; do
         [ -e "$f" ] && kill_pidfile "$f"
     done
-    [ -s "$dir/munge/munged.pid" ] && kill_pidfile "$dir/munge/munged.pid"
+    [ -e "$dir/munged.launcher.pid" ] && kill_pidfile "$dir/munged.launcher.pid"
     for ns in out lan $(ls "$dir/uts" 2>/dev/null); do
         # Whatever a job left running in a node is ours too: end it, by PID.
         if [ -e "/run/netns/$p-$ns" ]; then
