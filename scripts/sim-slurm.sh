@@ -203,11 +203,11 @@ kill_pidfile() {
 down() {
     [ "$(id -u)" -eq 0 ] || die "needs root"
     local f ns
-    for f in "$dir"/slurmd-*.pid "$dir"/slurmd-*.launcher.pid "$dir/slurmctld.pid" \
-        "$dir/slurmctld.launcher.pid" "$dir/httpd.pid"; do
+    # Only the PIDs `up` recorded as it started each daemon (the daemons run in the
+    # foreground, so these are the daemons themselves).
+    for f in "$dir"/*.launcher.pid "$dir/httpd.pid"; do
         [ -e "$f" ] && kill_pidfile "$f"
     done
-    [ -e "$dir/munged.launcher.pid" ] && kill_pidfile "$dir/munged.launcher.pid"
     for ns in out lan $(ls "$dir/uts" 2>/dev/null); do
         # Whatever a job left running in a node is ours too: end it, by PID.
         if [ -e "/run/netns/$p-$ns" ]; then

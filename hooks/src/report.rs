@@ -91,13 +91,12 @@ mod tests {
 
     #[test]
     fn the_table_names_every_bubble_and_its_lease() {
-        let status: Status = serde_json::from_str(
+        let mut status: Status = serde_json::from_str(
             r#"{"source":"etcd","network":"10.244.0.0/16","subnet":"10.244.3.0/24",
                 "gateway":"10.244.3.1","mtu":1450,"bridge":"hpk-bridge","masquerade":true,
                 "addresses_in_use":0,"addresses_total":253,"endpoints":[]}"#,
         )
         .unwrap();
-        let mut status = status;
         status.lease = Some(LeaseStatus {
             subnet: "10.244.3.0/24".into(),
             public_ip: "192.0.2.11".parse().unwrap(),

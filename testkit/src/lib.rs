@@ -44,13 +44,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// hpk-netd, the forwarder and the hook, as tests start them.
+/// hpk-netd and the hook, as tests start them.
 pub fn netd_binary() -> PathBuf {
     binary("hpk-netd")
-}
-
-pub fn net_daemon_binary() -> PathBuf {
-    binary("hpk-net-daemon")
 }
 
 pub fn hook_binary() -> PathBuf {
@@ -66,10 +62,6 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
     }
 }
 

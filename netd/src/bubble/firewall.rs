@@ -38,16 +38,12 @@ mod tests {
     use super::*;
     use crate::sys::firewall::restore_script;
 
-    fn nets() -> (Ipv4Net, Ipv4Net) {
-        (
-            "10.244.3.0/24".parse().unwrap(),
-            "10.244.0.0/16".parse().unwrap(),
-        )
-    }
-
     #[test]
     fn bubble_masquerade_skips_the_overlay() {
-        let (s, n) = nets();
+        let (s, n) = (
+            "10.244.3.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+        );
         let script = restore_script(&bubble_chains(s, n, true));
         assert!(script.contains("-A HPK-POSTRTG -s 10.244.3.0/24 -d 10.244.0.0/16 -j RETURN\n"));
         assert!(script.contains("-j MASQUERADE"));

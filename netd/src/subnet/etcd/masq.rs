@@ -37,16 +37,12 @@ mod tests {
     use super::*;
     use crate::sys::firewall::restore_script;
 
-    fn nets() -> (Ipv4Net, Ipv4Net) {
-        (
-            "10.244.3.0/24".parse().unwrap(),
-            "10.244.0.0/16".parse().unwrap(),
-        )
-    }
-
     #[test]
     fn flannel_rules_in_flanneld_order() {
-        let (s, n) = nets();
+        let (s, n) = (
+            "10.244.3.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+        );
         let chains = flannel_chains(s, n);
         assert_eq!(
             chains[0].rules,

@@ -205,7 +205,11 @@ impl Agent {
 
     /// Watch, renew, and ride out etcd outages (routes stay as they are until etcd says
     /// otherwise).
-    async fn run(mut self, mut revision: i64) {
+    /// `peers` are those routed to at start-up; their lease expiry (status only, one etcd
+    /// call each) is looked up here rather than on hpk-netd's start-up path.
+    async fn run(mut self, peers: Vec<(Peer, i64)>, mut revision: i64) {
+        let expiry = self.leases.peer_expiry(&peers).await;
+        self.network.set_expiry(expiry);
         loop {
             if let Err(e) = self.watch(revision).await {
                 warn!(error = %e, "lost the etcd watch; existing routes stay; resyncing");
@@ -289,11 +293,9 @@ impl EtcdSource {
         tokio::task::spawn_blocking(move || vxlan::set_device_address(&dev, subnet)).await??;
         let network = VxlanNetwork::new(device, self.overlay.clone());
         let peers = leases.peers(&entries);
-        let expiry = leases.peer_expiry(&peers).await;
         network
-            .converge(peers.into_iter().map(|(p, _)| p).collect())
+            .converge(peers.iter().map(|(p, _)| p.clone()).collect())
             .await;
-        network.set_expiry(expiry);
         if self.cfg.ip_masq {
             let chains = flannel_chains(subnet, net.network);
             let fw = self.firewall.clone();
@@ -311,7 +313,7 @@ impl EtcdSource {
         };
         write_atomically(&self.cfg.subnet_file, env.render().as_bytes(), 0o644, false)?;
         info!(subnet = %subnet, public_ip = %public_ip, device = network.device.name, "overlay ready");
-        tokio::spawn(Agent { leases, network }.run(revision));
+        tokio::spawn(Agent { leases, network }.run(peers, revision));
         Ok(env)
     }
 }

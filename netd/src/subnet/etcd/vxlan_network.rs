@@ -48,10 +48,14 @@ impl VxlanNetwork {
 
     /// Stops routing to the peer that held `subnet`.
     pub async fn remove_peer(&self, subnet: Ipv4Net) {
-        let Some(peer) = self.overlay.lock().unwrap().peers.remove(&subnet) else {
+        let peer = {
+            let mut o = self.overlay.lock().unwrap();
+            o.peer_expiry.remove(&subnet);
+            o.peers.remove(&subnet)
+        };
+        let Some(peer) = peer else {
             return;
         };
-        self.overlay.lock().unwrap().peer_expiry.remove(&subnet);
         let dev = self.device.clone();
         let p = peer.clone();
         match tokio::task::spawn_blocking(move || vxlan::remove_peer(&dev, &p)).await {
