@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::proto::{Request, Response, DEFAULT_SOCKET, MAX_MESSAGE, SOCKET_ENV};
+use crate::proto::{Request, Response, Status, DEFAULT_SOCKET, MAX_MESSAGE, SOCKET_ENV};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -23,6 +23,8 @@ pub enum ClientError {
     Io(PathBuf, io::Error),
     #[error("hpk-netd sent an answer this client does not understand: {0}")]
     BadResponse(String),
+    #[error("hpk-netd refused the request: {0}")]
+    Refused(String),
 }
 
 /// The socket path: the explicit one, else `$HPK_NETD_SOCKET`, else the default.
@@ -43,6 +45,15 @@ impl Client {
         Client {
             path: path.into(),
             timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The bubble's status.
+    pub fn status(&self) -> Result<Status, ClientError> {
+        match self.call(&Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::BadResponse(format!("{other:?}"))),
         }
     }
 

@@ -6,16 +6,12 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use hpk_hook::client::Client;
-use hpk_hook::proto::{Request, Response, Status};
+use hpk_hook::proto::Status;
 use ipnet::Ipv4Net;
 
 /// hpk-netd's status, or why it cannot be had.
 pub fn status(socket: &Path) -> Result<Status> {
-    match Client::new(socket).call(&Request::Status)? {
-        Response::Status(s) => Ok(*s),
-        Response::Error { message } => bail!("hpk-netd refused the status request: {message}"),
-        other => bail!("hpk-netd answered the status request with {other:?}"),
-    }
+    Ok(Client::new(socket).status()?)
 }
 
 /// Checks that `ip` can be a container's address in the bubble's subnet.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hpk_hook::client::Client;
-use hpk_hook::proto::{Request, Response, Status};
+use hpk_hook::proto::Status;
 
 use crate::{netd_binary, wait_until, Netns, Proc};
 
@@ -81,10 +81,7 @@ impl Netd {
 
     fn try_status(&self) -> Option<Status> {
         if self.enter.is_empty() {
-            return match Client::new(&self.socket).call(&Request::Status).ok()? {
-                Response::Status(s) => Some(*s),
-                _ => None,
-            };
+            return Client::new(&self.socket).status().ok();
         }
         // Our uid is not mapped in a rootless bubble: ask from inside, as its root.
         let out = std::process::Command::new(&self.enter[0])

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hpk_hook::client::{socket_path, Client};
-use hpk_hook::proto::{Request, Response};
 use hpk_netd::daemon::{args::RunArgs, run};
 use tracing::error;
 
@@ -56,12 +55,11 @@ fn main() -> ExitCode {
 }
 
 fn status(socket: Option<PathBuf>, json: bool) -> Result<()> {
-    let path = socket_path(socket.as_deref());
-    match Client::new(&path).call(&Request::Status)? {
-        Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
-        Response::Status(s) => print!("{}", hpk_hook::report::table(&s)),
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
+    let status = Client::new(socket_path(socket.as_deref())).status()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", hpk_hook::report::table(&status));
     }
     Ok(())
 }
