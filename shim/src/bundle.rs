@@ -11,6 +11,7 @@ use oci_spec::runtime::{
 };
 
 use crate::hookset::HookSet;
+use crate::rootless::IdMappings;
 
 /// A bind mount asked for with `-v SRC:DST[:ro]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,8 +79,9 @@ pub struct Plan {
     pub binds: Vec<Bind>,
     pub annotations: HashMap<String, String>,
     pub hooks: Option<HookSet>,
-    /// Not real root: a user namespace, no cgroup resources, /sys bound rather than mounted.
-    pub rootless: bool,
+    /// Not real root: a user namespace with these id mappings, no cgroup resources, /sys
+    /// bound rather than mounted.
+    pub rootless: Option<IdMappings>,
     /// A tmpfs on /tmp (when the root is read-only).
     pub tmpfs_tmp: bool,
 }
@@ -207,12 +209,11 @@ pub fn save(spec: &Spec, path: &Path) -> Result<()> {
 }
 
 pub fn build(plan: &Plan) -> Result<Spec> {
-    let mut spec = if plan.rootless {
+    let mut spec = if let Some(ids) = &plan.rootless {
         let mut spec = Spec::rootless(plan.uid, plan.gid);
-        let (uids, gids) = crate::rootless::id_mappings();
         let mut linux = spec.linux().clone().unwrap_or_default();
-        linux.set_uid_mappings(Some(uids));
-        linux.set_gid_mappings(Some(gids));
+        linux.set_uid_mappings(Some(ids.uids.clone()));
+        linux.set_gid_mappings(Some(ids.gids.clone()));
         spec.set_linux(Some(linux));
         spec
     } else {
@@ -250,7 +251,7 @@ pub fn build(plan: &Plan) -> Result<Spec> {
     ));
     spec.set_hostname(Some(plan.hostname.clone()));
     let mut mounts = spec.mounts().clone().unwrap_or_default();
-    if plan.rootless {
+    if plan.rootless.is_some() {
         // Cgroup limits need a delegated cgroup we do not have; /sys/fs/cgroup stays out.
         mounts.retain(|m| m.typ().as_deref() != Some("cgroup"));
     }
@@ -283,8 +284,8 @@ mod tests {
 
     #[test]
     fn edits_keep_fields_oci_spec_does_not_know() {
-        let dir = std::env::temp_dir().join(format!("hpk-edit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = crate::testutil::TempDir::new("edit");
+        let dir = scratch.path();
         let config = serde_json::json!({
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
@@ -294,7 +295,7 @@ mod tests {
         });
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let hooks = HookSet::new("/usr/local/bin/hpk-hook".into(), Path::new("/s"));
-        edit_config(&dir, &hooks).unwrap();
+        edit_config(dir, &hooks).unwrap();
         let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["x-top"], "kept");
@@ -303,12 +304,11 @@ mod tests {
         assert_eq!(v["linux"]["namespaces"][1]["type"], "network");
         assert_eq!(v["hooks"]["poststop"][0]["args"][1], "poststop");
         // A second edit changes nothing, not even the bytes.
-        edit_config(&dir, &hooks).unwrap();
+        edit_config(dir, &hooks).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("config.json")).unwrap(),
             text
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -331,7 +331,15 @@ mod tests {
             args: vec!["true".into()],
             cwd: "/".into(),
             hostname: "h".into(),
-            rootless: true,
+            rootless: Some(
+                crate::rootless::Ids {
+                    euid: 1000,
+                    egid: 1000,
+                    uid_map: Vec::new(),
+                    gid_map: Vec::new(),
+                }
+                .mappings(),
+            ),
             ..Plan::default()
         };
         let spec = build(&plan).unwrap();
@@ -344,6 +352,8 @@ mod tests {
             .map(|n| n.typ())
             .collect();
         assert!(types.contains(&LinuxNamespaceType::User));
+        let uids = linux.uid_mappings().as_ref().unwrap();
+        assert_eq!((uids[0].container_id(), uids[0].host_id()), (0, 1000));
         assert!(types.contains(&LinuxNamespaceType::Network));
         assert!(linux.resources().is_none());
         assert!(!spec

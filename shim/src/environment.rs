@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-/// PATH when the image names none.
+/// PATH when the image names none, and for hooks of runtimes that clear the environment
+/// (Apptainer).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// `NAME=VALUE`, or `NAME` alone to pass this process's value (skipped when unset).

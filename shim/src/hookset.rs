@@ -13,8 +13,6 @@ pub const HOOK_TIMEOUT: i64 = 30;
 pub const CDI_KIND: &str = "hpktainer.io/net";
 /// The CDI device SingularityCE users name: `--device hpktainer.io/net=net`.
 pub const CDI_DEVICE: &str = "net";
-/// PATH for hooks of runtimes that clear the environment (Apptainer).
-pub const HOOK_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The hook binary and how to call it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +38,11 @@ impl Stage {
             Stage::CreateRuntime => "createRuntime",
             Stage::Poststop => "poststop",
         }
+    }
+
+    /// Our oci-hooks(5) file for this stage in a hooks.d directory.
+    pub fn hook_file_name(self) -> String {
+        format!("hpktainer-{}.json", self.name())
     }
 }
 
@@ -134,21 +137,26 @@ impl HookSet {
         hooks
     }
 
+    /// The hook's command for `stage`, as oci-hooks(5) files and CDI specs write it.
+    fn command(&self, stage: Stage) -> OciHookCommand {
+        OciHookCommand {
+            path: self.path.clone(),
+            args: self.args(stage),
+            env: self.env.clone(),
+            timeout: Some(HOOK_TIMEOUT),
+        }
+    }
+
     /// oci-hooks(5) files, one per stage (the stage is an argument of the hook).
     pub fn oci_hook_files(&self) -> Vec<(String, OciHookFile)> {
         Stage::ALL
             .iter()
             .map(|&stage| {
                 (
-                    format!("hpktainer-{}.json", stage.name()),
+                    stage.hook_file_name(),
                     OciHookFile {
                         version: "1.0.0".into(),
-                        hook: OciHookCommand {
-                            path: self.path.clone(),
-                            args: self.args(stage),
-                            env: self.env.clone(),
-                            timeout: Some(HOOK_TIMEOUT),
-                        },
+                        hook: self.command(stage),
                         when: When { always: Some(true) },
                         stages: vec![stage.name().into()],
                     },
@@ -161,12 +169,20 @@ impl HookSet {
     pub fn cdi_spec(&self) -> CdiSpec {
         let hooks = Stage::ALL
             .iter()
-            .map(|&stage| CdiHook {
-                hook_name: stage.name().into(),
-                path: self.path.clone(),
-                args: self.args(stage),
-                env: self.env.clone(),
-                timeout: Some(HOOK_TIMEOUT),
+            .map(|&stage| {
+                let OciHookCommand {
+                    path,
+                    args,
+                    env,
+                    timeout,
+                } = self.command(stage);
+                CdiHook {
+                    hook_name: stage.name().into(),
+                    path,
+                    args,
+                    env,
+                    timeout,
+                }
             })
             .collect();
         CdiSpec {

@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::rootless::is_real_root;
-
 #[derive(Clone, Debug)]
 pub struct Paths {
     /// One directory per container: bundle, record, log.
@@ -27,10 +25,11 @@ pub struct Paths {
 }
 
 impl Paths {
-    pub fn new(root: Option<&Path>) -> Paths {
+    /// `real_root`: uid 0 in the initial user namespace (see [`crate::rootless::Ids`]).
+    pub fn new(root: Option<&Path>, real_root: bool) -> Paths {
         let (run, data) = match root {
             Some(root) => (root.to_path_buf(), root.to_path_buf()),
-            None if is_real_root() => (
+            None if real_root => (
                 PathBuf::from("/run/hpktainer"),
                 PathBuf::from("/var/lib/hpktainer"),
             ),

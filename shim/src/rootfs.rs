@@ -96,7 +96,11 @@ pub fn remove_dir(dir: &ContainerDir) -> Result<()> {
     release(dir);
     let target = dir.bundle().join("rootfs");
     if is_mount_point(&target) {
-        anyhow::bail!("{} is still mounted: not removing it", target.display());
+        anyhow::bail!(
+            "{} is still mounted: not removing it; `umount -l {}`, then `hpktainer prune`",
+            target.display(),
+            target.display()
+        );
     }
     std::fs::remove_dir_all(&dir.dir)
         .with_context(|| format!("cannot remove {}", dir.dir.display()))

@@ -35,25 +35,54 @@ fn is_full_map(map: &[Extent]) -> bool {
     map.len() == 1 && map[0].inside == 0 && map[0].outside == 0 && map[0].count == u32::MAX
 }
 
-/// uid 0 in the initial user namespace: cgroups, any id mapping, real mounts.
-pub fn is_real_root() -> bool {
-    nix::unistd::geteuid().is_root() && is_full_map(&own_map("uid"))
+/// The container's uid and gid mappings in a rootless spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMappings {
+    pub uids: Vec<LinuxIdMapping>,
+    pub gids: Vec<LinuxIdMapping>,
 }
 
-/// The container's id mappings for a rootless spec. As root of a user namespace (a
-/// bubble) we may map every id our namespace has, so `--user` works; an unprivileged user
-/// maps only its own ids onto container root.
-pub fn id_mappings() -> (Vec<LinuxIdMapping>, Vec<LinuxIdMapping>) {
-    let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
-    if euid == 0 {
-        let uids = identity(&own_map("uid"));
-        let gids = identity(&own_map("gid"));
-        if !uids.is_empty() && !gids.is_empty() {
-            return (uids, gids);
+/// Who this process is: its effective ids and its user namespace's maps, read once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ids {
+    pub euid: u32,
+    pub egid: u32,
+    pub uid_map: Vec<Extent>,
+    pub gid_map: Vec<Extent>,
+}
+
+impl Ids {
+    /// Reads /proc/self/{uid,gid}_map.
+    pub fn current() -> Ids {
+        Ids {
+            euid: nix::unistd::geteuid().as_raw(),
+            egid: nix::unistd::getegid().as_raw(),
+            uid_map: own_map("uid"),
+            gid_map: own_map("gid"),
         }
     }
-    (vec![single(euid)], vec![single(egid)])
+
+    /// uid 0 in the initial user namespace: cgroups, any id mapping, real mounts.
+    pub fn is_real_root(&self) -> bool {
+        self.euid == 0 && is_full_map(&self.uid_map)
+    }
+
+    /// The container's id mappings for a rootless spec. As root of a user namespace (a
+    /// bubble) we may map every id our namespace has, so `--user` works; an unprivileged
+    /// user maps only its own ids onto container root.
+    pub fn mappings(&self) -> IdMappings {
+        if self.euid == 0 {
+            let uids = identity(&self.uid_map);
+            let gids = identity(&self.gid_map);
+            if !uids.is_empty() && !gids.is_empty() {
+                return IdMappings { uids, gids };
+            }
+        }
+        IdMappings {
+            uids: vec![single(self.euid)],
+            gids: vec![single(self.egid)],
+        }
+    }
 }
 
 fn mapping(container: u32, host: u32, size: u32) -> LinuxIdMapping {
@@ -91,5 +120,28 @@ mod tests {
         assert_eq!(ids[1].container_id(), 1);
         assert_eq!(ids[1].host_id(), 1);
         assert_eq!(ids[1].size(), 65536);
+
+        let in_bubble = Ids {
+            euid: 0,
+            egid: 0,
+            uid_map: bubble.clone(),
+            gid_map: bubble,
+        };
+        assert!(!in_bubble.is_real_root());
+        assert_eq!(in_bubble.mappings().uids, ids);
+        let real = Ids {
+            uid_map: full.clone(),
+            gid_map: full,
+            ..in_bubble
+        };
+        assert!(real.is_real_root());
+        let user = Ids {
+            euid: 1000,
+            egid: 100,
+            ..real
+        };
+        assert!(!user.is_real_root());
+        assert_eq!(user.mappings().uids, vec![single(1000)]);
+        assert_eq!(user.mappings().gids, vec![single(100)]);
     }
 }

@@ -1,6 +1,7 @@
 //! Ctrl-C and SIGTERM reach the container: hpktainer blocks them in every thread and one
-//! thread waits for them and passes each on with `runtime kill`. Children start with an
-//! empty signal mask (std's Command resets it).
+//! thread waits for them and passes each on to the runtime it runs in the foreground
+//! (see [`crate::commands::run_in_foreground`]), which passes it on to the container.
+//! Children start with an empty signal mask (std's Command resets it).
 
 use std::thread;
 

@@ -1,7 +1,7 @@
 //! One directory per container under `Paths::containers`:
 //!
 //! ```text
-//! <name>/record.json   name, id, runtime, image, created, pid, detached, ...
+//! <name>/record.json   name, runtime, image, created, detached, ...
 //! <name>/owner.lock    flock held by the hpktainer that runs the container in the foreground
 //!                      (or is still starting it): when it dies, the kernel drops the lock,
 //!                      which is how a sweep tells a live run from a SIGKILLed one
@@ -24,8 +24,6 @@ use crate::runtime::Runtime;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub name: String,
-    /// The runtime's container id (and hpk-netd's endpoint id).
-    pub id: String,
     pub runtime: Runtime,
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,17 +31,21 @@ pub struct Record {
     pub command: Vec<String>,
     /// Seconds since the Unix epoch.
     pub created: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
     pub detached: bool,
     /// Remove everything when the container exits.
     pub remove: bool,
-    /// The rootfs is an overlay mounted at bundle/rootfs.
-    #[serde(default)]
-    pub overlay: bool,
     /// Set once the container has exited and was deleted in the runtime.
     #[serde(default)]
     pub exited: bool,
+}
+
+// Records of earlier versions also hold `id` (always the name), `pid` (the pid file's) and
+// `overlay`: serde skips them when reading.
+impl Record {
+    /// The runtime's container id (and hpk-netd's endpoint id): the name.
+    pub fn id(&self) -> &str {
+        &self.name
+    }
 }
 
 /// A container's directory.
@@ -70,6 +72,11 @@ pub fn check_name(name: &str) -> Result<()> {
         bail!("container name {name:?}: use 1 to 64 letters, digits, '_', '.', '-', starting with a letter or digit");
     }
     Ok(())
+}
+
+/// The refusal of a name that one of the user's containers has.
+pub fn name_in_use(name: &str) -> anyhow::Error {
+    anyhow!("the name {name} is already in use by a container of yours: choose another --name, or `hpktainer rm {name}`")
 }
 
 /// A generated name: short, unique enough, valid as an id.
@@ -117,7 +124,7 @@ impl ContainerDir {
                 ) || e.raw_os_error() == Some(libc::ENOTEMPTY) =>
             {
                 let _ = std::fs::remove_dir_all(&tmp);
-                bail!("the name {} is already in use by a container of yours: choose another --name, or `hpktainer rm {}`", record.name, record.name)
+                Err(name_in_use(&record.name))
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -200,6 +207,20 @@ pub fn list(containers: &Path) -> Vec<ContainerDir> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_earlier_versions_are_read() {
+        let old = r#"{"name":"web","id":"web","runtime":{"kind":"oci","path":"/usr/bin/runc"},
+            "image":"/r","command":["sh"],"created":1,"pid":42,"detached":true,
+            "remove":false,"overlay":true,"exited":false}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!(r.id(), "web");
+        assert!(r.detached && !r.remove && !r.exited);
+        let text = serde_json::to_string(&r).unwrap();
+        for gone in ["\"id\"", "\"pid\"", "\"overlay\""] {
+            assert!(!text.contains(gone), "{text}");
+        }
+    }
 
     #[test]
     fn names_are_checked() {

@@ -29,39 +29,145 @@ pub fn oci_for(record: &Record, runtime_state: &Path) -> Option<Oci> {
     (record.runtime.kind == Kind::Oci).then(|| Oci::new(record.runtime.clone(), runtime_state))
 }
 
-/// Classifies one directory; `None` for a directory without a readable record.
-pub fn status_of(dir: &ContainerDir, runtime_state: &Path) -> Option<(Record, Status)> {
-    let record = dir.load().ok()?;
-    let owned = matches!(dir.lock_owner(), Ok(None));
-    let status = classify(&record, owned, runtime_state);
-    Some((record, status))
+/// What a look at one container found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub status: Status,
+    /// Whether its runtime knows the container, when the runtime was asked (`None`: not
+    /// asked).
+    pub in_runtime: Option<bool>,
 }
 
-/// `owned`: a live hpktainer holds the directory's owner lock.
-fn classify(record: &Record, owned: bool, runtime_state: &Path) -> Status {
+/// A container directory with its record, as the sweep left it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub dir: ContainerDir,
+    pub record: Record,
+    pub status: Status,
+}
+
+/// What a sweep removed and what it kept.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Names removed.
+    pub removed: Vec<String>,
+    /// Containers kept, in name order (half-made directories and unreadable records left
+    /// out).
+    pub kept: Vec<Entry>,
+}
+
+/// Classifies one directory; `None` for a directory without a readable record.
+pub fn status_of(dir: &ContainerDir, runtime_state: &Path) -> Option<(Record, Seen)> {
+    let record = dir.load().ok()?;
+    let owned = matches!(dir.lock_owner(), Ok(None));
+    let seen = classify(dir, &record, owned, runtime_state);
+    Some((record, seen))
+}
+
+/// `owned`: a live hpktainer holds the directory's owner lock. A detached container's
+/// process is looked up in /proc first; its runtime is asked only when the process is gone.
+fn classify(dir: &ContainerDir, record: &Record, owned: bool, runtime_state: &Path) -> Seen {
+    let unasked = |status| Seen {
+        status,
+        in_runtime: None,
+    };
     if owned {
-        Status::Running
-    } else if !record.detached {
-        Status::Orphaned
-    } else if record.exited {
-        Status::Exited
-    } else {
-        let alive = oci_for(record, runtime_state)
-            .and_then(|o| o.state(&record.id))
-            .is_some_and(|s| !matches!(s.status(), oci_spec::runtime::ContainerState::Stopped));
-        if alive {
+        return unasked(Status::Running);
+    }
+    if !record.detached {
+        return unasked(Status::Orphaned);
+    }
+    if record.exited {
+        return unasked(Status::Exited);
+    }
+    if process_alive(dir) {
+        return Seen {
+            status: Status::Detached,
+            in_runtime: Some(true),
+        };
+    }
+    let state = oci_for(record, runtime_state).and_then(|o| o.state(record.id()));
+    let alive = state
+        .as_ref()
+        .is_some_and(|s| !matches!(s.status(), oci_spec::runtime::ContainerState::Stopped));
+    Seen {
+        status: if alive {
             Status::Detached
         } else {
             Status::Exited
-        }
+        },
+        in_runtime: Some(state.is_some()),
     }
 }
 
+/// Is the process the runtime wrote to the pid file still running? Alive, not a zombie,
+/// and started no later than the pid file was written (a reused pid starts later).
+fn process_alive(dir: &ContainerDir) -> bool {
+    let (Some(pid), Ok(written)) = (
+        dir.runtime_pid(),
+        std::fs::metadata(dir.pid_file()).and_then(|m| m.modified()),
+    ) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((state, start_ticks)) = parse_stat(&stat) else {
+        return false;
+    };
+    if matches!(state, 'Z' | 'X' | 'x') {
+        return false;
+    }
+    let Some(boot) = boot_time() else {
+        return true;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let Ok(ticks) = u64::try_from(ticks) else {
+        return true;
+    };
+    let Ok(written) = written.duration_since(std::time::UNIX_EPOCH) else {
+        return true;
+    };
+    // The boot time has a second's precision: allow one more.
+    boot + start_ticks / ticks.max(1) <= written.as_secs() + 1
+}
+
+/// The state letter and start time (clock ticks after boot) of a /proc/PID/stat line.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    // The command name (field 2) may hold spaces and parentheses: fields 3 on follow the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // starttime is field 22, the 19th after the state.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Seconds since the epoch at boot (`btime` of /proc/stat).
+fn boot_time() -> Option<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Deletes the container in its runtime (if it still knows it) and unmounts its rootfs.
-pub fn stop_in_runtime(dir: &ContainerDir, record: &Record, runtime_state: &Path) {
+/// `in_runtime`: whether the runtime knows it, if already asked.
+pub fn stop_in_runtime(
+    dir: &ContainerDir,
+    record: &Record,
+    runtime_state: &Path,
+    in_runtime: Option<bool>,
+) {
     if let Some(oci) = oci_for(record, runtime_state) {
-        if oci.state(&record.id).is_some() {
-            if let Err(e) = oci.delete(&record.id) {
+        let known = in_runtime.unwrap_or_else(|| oci.state(record.id()).is_some());
+        if known {
+            if let Err(e) = oci.delete(record.id()) {
                 warn!("{e:#}");
             }
         }
@@ -70,20 +176,38 @@ pub fn stop_in_runtime(dir: &ContainerDir, record: &Record, runtime_state: &Path
 }
 
 /// Removes a container completely: runtime state, overlay, directory.
-pub fn remove(dir: &ContainerDir, record: &Record, runtime_state: &Path) -> Result<()> {
-    stop_in_runtime(dir, record, runtime_state);
+pub fn remove(
+    dir: &ContainerDir,
+    record: &Record,
+    runtime_state: &Path,
+    in_runtime: Option<bool>,
+) -> Result<()> {
+    stop_in_runtime(dir, record, runtime_state, in_runtime);
     crate::rootfs::remove_dir(dir)
 }
 
 /// Sweeps leftovers of dead runs; with `all`, also exited detached containers.
-/// Returns the names removed.
-pub fn sweep(containers: &Path, runtime_state: &Path, all: bool) -> Vec<String> {
-    let mut removed = Vec::new();
+pub fn sweep(containers: &Path, runtime_state: &Path, all: bool) -> Swept {
+    let mut swept = Swept::default();
     for dir in state::list(containers) {
         let name = dir.name();
         // The lock is held for the whole sweep of one directory: two sweeps never race.
-        let Ok(Some(_lock)) = dir.lock_owner() else {
-            continue;
+        let lock = match dir.lock_owner() {
+            Ok(Some(lock)) => lock,
+            // A live hpktainer runs it (or is starting it).
+            Ok(None) => {
+                if !name.starts_with('.') {
+                    if let Ok(record) = dir.load() {
+                        swept.kept.push(Entry {
+                            dir,
+                            record,
+                            status: Status::Running,
+                        });
+                    }
+                }
+                continue;
+            }
+            Err(_) => continue,
         };
         // Half-made directories (.new-*) and Apptainer bundles (.apptainer-*) whose
         // hpktainer is gone.
@@ -95,7 +219,8 @@ pub fn sweep(containers: &Path, runtime_state: &Path, all: bool) -> Vec<String> 
         let Ok(mut record) = dir.load() else {
             continue;
         };
-        let status = classify(&record, false, runtime_state);
+        let seen = classify(&dir, &record, false, runtime_state);
+        let status = seen.status;
         let gone = match status {
             Status::Orphaned => true,
             Status::Exited => all || record.remove,
@@ -103,16 +228,89 @@ pub fn sweep(containers: &Path, runtime_state: &Path, all: bool) -> Vec<String> 
         };
         if gone {
             info!(container = %name, ?status, "removing");
-            match remove(&dir, &record, runtime_state) {
-                Ok(()) => removed.push(name),
+            match remove(&dir, &record, runtime_state, seen.in_runtime) {
+                Ok(()) => {
+                    swept.removed.push(name);
+                    continue;
+                }
                 Err(e) => warn!("{e:#}"),
             }
         } else if status == Status::Exited && !record.exited {
             // Finished on its own: free its network now, keep its log.
-            stop_in_runtime(&dir, &record, runtime_state);
+            stop_in_runtime(&dir, &record, runtime_state, seen.in_runtime);
             record.exited = true;
             let _ = dir.save(&record);
         }
+        drop(lock);
+        swept.kept.push(Entry {
+            dir,
+            record,
+            status,
+        });
     }
-    removed
+    swept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_lines_parse() {
+        let line = "4242 (sh (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(('S', 987654)));
+        assert_eq!(parse_stat("1 (init) Z 0"), None);
+        assert_eq!(parse_stat("garbage"), None);
+        // This very process, through the whole check.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (state, start) = parse_stat(&own).unwrap();
+        assert!(matches!(state, 'R' | 'S'), "{own}");
+        let boot = boot_time().unwrap();
+        let now = crate::state::now();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        assert!(boot + start / ticks <= now + 1);
+    }
+
+    #[test]
+    fn a_live_pid_file_is_seen_without_the_runtime() {
+        let dir = crate::testutil::TempDir::new("sweep");
+        let cdir = ContainerDir::new(dir.path().to_path_buf());
+        assert!(!process_alive(&cdir), "no pid file");
+        std::fs::write(cdir.pid_file(), std::process::id().to_string()).unwrap();
+        assert!(process_alive(&cdir), "this process");
+        // A pid file older than the process that has the pid now: the pid was reused.
+        let before_boot = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(boot_time().unwrap().saturating_sub(10));
+        std::fs::File::options()
+            .write(true)
+            .open(cdir.pid_file())
+            .unwrap()
+            .set_modified(before_boot)
+            .unwrap();
+        assert!(!process_alive(&cdir), "a reused pid");
+        std::fs::write(cdir.pid_file(), "999999999").unwrap();
+        assert!(!process_alive(&cdir), "no such process");
+        // A zombie: a child that exited and is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::fs::write(cdir.pid_file(), pid.to_string()).unwrap();
+        let stat = format!("/proc/{pid}/stat");
+        testwait(|| {
+            parse_stat(&std::fs::read_to_string(&stat).unwrap())
+                .unwrap()
+                .0
+                == 'Z'
+        });
+        assert!(!process_alive(&cdir), "a zombie");
+        child.wait().unwrap();
+    }
+
+    fn testwait(mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }

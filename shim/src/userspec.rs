@@ -63,7 +63,8 @@ mod tests {
 
     #[test]
     fn users_resolve() {
-        let dir = std::env::temp_dir().join(format!("hpk-user-{}", std::process::id()));
+        let scratch = crate::testutil::TempDir::new("user");
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(
             dir.join("etc/passwd"),
@@ -71,15 +72,14 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(resolve("1000", &dir).unwrap(), (1000, 1000));
-        assert_eq!(resolve("1000:7", &dir).unwrap(), (1000, 7));
-        assert_eq!(resolve("web", &dir).unwrap(), (33, 44));
-        assert_eq!(resolve("33", &dir).unwrap(), (33, 44));
-        assert_eq!(resolve("web:staff", &dir).unwrap(), (33, 50));
-        assert!(resolve("nobody", &dir).is_err());
-        assert!(resolve("web:nogroup", &dir).is_err());
-        assert_eq!(home_of(0, &dir).as_deref(), Some("/root"));
-        assert_eq!(home_of(7, &dir), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(resolve("1000", dir).unwrap(), (1000, 1000));
+        assert_eq!(resolve("1000:7", dir).unwrap(), (1000, 7));
+        assert_eq!(resolve("web", dir).unwrap(), (33, 44));
+        assert_eq!(resolve("33", dir).unwrap(), (33, 44));
+        assert_eq!(resolve("web:staff", dir).unwrap(), (33, 50));
+        assert!(resolve("nobody", dir).is_err());
+        assert!(resolve("web:nogroup", dir).is_err());
+        assert_eq!(home_of(0, dir).as_deref(), Some("/root"));
+        assert_eq!(home_of(7, dir), None);
     }
 }

@@ -125,10 +125,18 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
 
 /// Starts a foreground `hpktainer run` and waits until its container is attached.
 fn foreground(env: &Env, name: &str, script: &str) -> Proc {
+    foreground_with(env, &[], name, script)
+}
+
+/// [`foreground`] with more options for `run` (`--runtime crun`).
+fn foreground_with(env: &Env, opts: &[&str], name: &str, script: &str) -> Proc {
     // Not a pipe: the container inherits hpktainer's stdio and would hold it open.
     let log = std::fs::File::create(env.dir.join(format!("{name}.err"))).unwrap();
+    let mut args = vec!["run"];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["--name", name, env.rootfs(), "sh", "-c", script]);
     let child = env
-        .hpk(&["run", "--name", name, env.rootfs(), "sh", "-c", script])
+        .hpk(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -169,16 +177,26 @@ fn a_killed_hpktainer_is_swept_by_the_next_ps_and_run() {
     env.assert_clean();
 
     // SIGTERM to a foreground hpktainer reaches the container, whose trap decides the
-    // exit code (a PID 1 without a handler would ignore it, as under any runtime).
-    let mut p = foreground(
-        &env,
-        "k3",
-        "trap 'exit 42' TERM; while true; do sleep 1; done",
-    );
-    let (code, _) = p.stop_with(Signal::SIGTERM);
-    let err = std::fs::read_to_string(env.dir.join("k3.err")).unwrap();
-    assert_eq!(code, Some(42), "{err}");
-    env.assert_clean();
+    // exit code (a PID 1 without a handler would ignore it, as under any runtime), under
+    // either runtime.
+    for rt in ["runc", "crun"] {
+        let name = format!("k3-{rt}");
+        let marker = format!("{}-{name}", env.prefix);
+        let mut p = foreground_with(
+            &env,
+            &["--runtime", rt],
+            &name,
+            &format!(": {marker}; trap 'exit 42' TERM; while true; do sleep 1; done"),
+        );
+        // The trap is set once the loop sleeps.
+        wait_until("the container's loop", Duration::from_secs(20), || {
+            support::sleeping_under(&marker)
+        });
+        let (code, _) = p.stop_with(Signal::SIGTERM);
+        let err = std::fs::read_to_string(env.dir.join(format!("{name}.err"))).unwrap();
+        assert_eq!(code, Some(42), "{rt}: {err}");
+        env.assert_clean();
+    }
 
     // A detached container that ended keeps its log until prune.
     env.ok(&["run", "-d", "--name", "ended", env.rootfs(), "echo", "bye"]);

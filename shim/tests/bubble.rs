@@ -9,11 +9,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{busybox_rootfs, stderr, stdout};
+use support::{stderr, stdout};
 use testkit::netd::{subnet_env, Netd};
 use testkit::rootless::RootlessBubble;
 use testkit::world::{World, ECHO_PORT, OUTSIDE};
 use testkit::*;
+
+/// Runs its command when dropped (a container's removal, even after a failed assertion).
+struct RemoveOnDrop(Command);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
 
 /// The unprivileged user that owns the bubble.
 const USER: u32 = 65534;
@@ -35,20 +44,7 @@ fn hpktainer_in_a_rootless_bubble() {
     .unwrap();
 
     // An image with a busybox layer, pushed later to a registry in the bubble.
-    let layout = dir.join("layout");
-    let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(dir.join("b")));
-    std::fs::remove_dir_all(dir.join("b/rootfs")).unwrap();
-    busybox_rootfs(&dir.join("b"));
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(dir.join("b")));
+    let image = support::layout_image(&dir, |_| {});
     std::fs::create_dir_all(dir.join("home")).unwrap();
     run(Command::new("chown")
         .args(["-R", &format!("{USER}:{USER}")])
@@ -90,7 +86,7 @@ fn hpktainer_in_a_rootless_bubble() {
     });
 
     // hpktainer typed by the bubble's root.
-    let hpk = |args: &[&str]| {
+    let hpk_cmd = |args: &[&str]| {
         let mut cmd = Command::new(&enter[0]);
         cmd.args(&enter[1..])
             .arg(support::HPKTAINER)
@@ -103,7 +99,10 @@ fn hpktainer_in_a_rootless_bubble() {
             .env("HOME", dir.join("home"))
             .env_remove("XDG_RUNTIME_DIR")
             .stdin(Stdio::null());
-        let out = cmd.output().unwrap();
+        cmd
+    };
+    let hpk = |args: &[&str]| {
+        let out = hpk_cmd(args).output().unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}{}",
@@ -113,6 +112,8 @@ fn hpktainer_in_a_rootless_bubble() {
         stdout(&out)
     };
     let reference = "docker://127.0.0.1:5000/hpk/base:latest";
+    // Removed whatever happens below, before hpk-netd and the bubble go.
+    let _peer = RemoveOnDrop(hpk_cmd(&["rm", "--force", "peer"]));
     hpk(&["run", "-d", "--name", "peer", reference, "sleep", "600"]);
     let peer = netd.status().endpoints[0].address;
     let got = hpk(&[

@@ -9,28 +9,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{busybox_rootfs, stderr, Env};
+use support::{layout_image, stderr, Env};
 use testkit::{run, wait_until, Proc};
 
 /// An OCI layout `dir/layout:latest` with two layers: busybox with a file `/gone`, then
 /// a layer that deletes it (a whiteout) and adds `/etc/motd`; default command, env and
 /// working directory in the image config.
 fn build_image(dir: &Path) -> PathBuf {
-    let layout = dir.join("layout");
-    let image = format!("{}:latest", layout.display());
-    let bundle = dir.join("build");
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
-    let rootfs = busybox_rootfs(&bundle);
-    std::fs::write(rootfs.join("gone"), "first layer").unwrap();
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
+    let image = layout_image(dir, |rootfs| {
+        std::fs::write(rootfs.join("gone"), "first layer").unwrap();
+    });
+    let bundle = dir.join("b");
+    let rootfs = bundle.join("rootfs");
     std::fs::remove_file(rootfs.join("gone")).unwrap();
     std::fs::write(rootfs.join("etc/motd"), "second layer\n").unwrap();
     run(Command::new("umoci")
@@ -51,7 +41,7 @@ fn build_image(dir: &Path) -> PathBuf {
         "--config.cmd",
         "echo default $FROM_IMAGE $(pwd) $(cat /etc/motd) $(ls /gone 2>&1 | wc -l)",
     ]));
-    layout
+    dir.join("layout")
 }
 
 /// docker-registry listening on 127.0.0.1:5000 in the bubble.
@@ -195,7 +185,7 @@ fn local_transports_run() {
         .map(|e| e.unwrap().file_name())
         .filter(|n| !n.to_string_lossy().starts_with('.'))
         .collect();
-    assert!(unpacked.len() <= 2, "{unpacked:?}");
+    assert_eq!(unpacked.len(), 2, "{unpacked:?}");
     env.assert_clean();
 }
 

@@ -32,20 +32,7 @@ fn in_userns(env: &Env, args: &[&str]) -> std::process::Output {
 fn rootless_in_a_user_namespace(rt: &str, net: &str) {
     let env = Env::new(&format!("{net}.1/24"));
     // An OCI image in a layout: unpacked with umoci --rootless, run on an overlay.
-    let layout = env.dir.join("layout");
-    let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(env.dir.join("b")));
-    std::fs::remove_dir_all(env.dir.join("b/rootfs")).unwrap();
-    support::busybox_rootfs(&env.dir.join("b"));
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(env.dir.join("b")));
+    let image = support::layout_image(&env.dir, |_| {});
 
     for img in [env.rootfs().to_string(), format!("oci:{image}")] {
         let out = in_userns(
@@ -57,7 +44,7 @@ fn rootless_in_a_user_namespace(rt: &str, net: &str) {
                 &img,
                 "sh",
                 "-c",
-                "cat /proc/self/uid_map; ip -4 -o addr show tap0; echo x > /tmp/w; exit 9",
+                "cat /proc/self/uid_map; ip -4 -o addr show tap0; echo x > /tmp/w && exit 9",
             ],
         );
         let text = stdout(&out);
@@ -83,29 +70,10 @@ fn crun_rootless_in_a_user_namespace() {
     rootless_in_a_user_namespace("crun", "10.244.19");
 }
 
-/// A one-layer OCI image of the busybox rootfs in `dir/layout`.
-fn layout_image(env: &Env) -> String {
-    let layout = env.dir.join("layout");
-    let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(env.dir.join("b")));
-    std::fs::remove_dir_all(env.dir.join("b/rootfs")).unwrap();
-    support::busybox_rootfs(&env.dir.join("b"));
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(env.dir.join("b")));
-    image
-}
-
 #[test]
 fn an_unprivileged_user_runs_without_the_network() {
     let env = Env::new("10.244.20.1/24");
-    let image = format!("oci:{}", layout_image(&env));
+    let image = format!("oci:{}", support::layout_image(&env.dir, |_| {}));
     // umoci writes its layout owner-only.
     run(Command::new("chmod")
         .args(["-R", "a+rX"])

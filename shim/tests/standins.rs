@@ -9,9 +9,12 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use hpktainer::hookset::CdiSpec;
+use nix::sys::signal::Signal;
 use support::{stderr, stdout, Env};
+use testkit::{wait_until, Proc};
 
 fn script(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -44,10 +47,33 @@ esac
     path
 }
 
+/// Deletes the stand-in's runc container when dropped: after a failed assertion it would
+/// outlive the test.
+struct StandinContainer(std::process::Command);
+
+impl StandinContainer {
+    fn new(env: &Env, id: &str) -> StandinContainer {
+        let mut cmd = std::process::Command::new("/usr/sbin/runc");
+        cmd.arg("--root")
+            .arg(env.dir.join("apptainer-runc"))
+            .args(["delete", "--force", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        StandinContainer(cmd)
+    }
+}
+
+impl Drop for StandinContainer {
+    fn drop(&mut self) {
+        let _ = self.0.status();
+    }
+}
+
 #[test]
 fn apptainer_bundles_get_our_hooks_and_run() {
     let env = Env::new("10.244.21.1/24");
     let apptainer = apptainer_standin(&env);
+    let _container = StandinContainer::new(&env, "app1");
     let rt = apptainer.to_str().unwrap();
     let image = "docker://docker.io/chazapis/hpktainer-base:latest";
     let out = env.out(&[
@@ -113,6 +139,56 @@ fn apptainer_bundles_get_our_hooks_and_run() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn sigterm_reaches_an_apptainer_container() {
+    let env = Env::new("10.244.26.1/24");
+    let apptainer = apptainer_standin(&env);
+    let _container = StandinContainer::new(&env, "app2");
+    let marker = format!("{}-loop", env.prefix);
+    let script = format!(": {marker}; trap 'exit 42' TERM; while true; do sleep 1; done");
+    // Not a pipe: the container inherits hpktainer's stdio and would hold it open.
+    let log = std::fs::File::create(env.dir.join("app2.err")).unwrap();
+    let child = env
+        .hpk(&[
+            "run",
+            "--runtime",
+            apptainer.to_str().unwrap(),
+            "--name",
+            "app2",
+            "docker://docker.io/chazapis/hpktainer-base:latest",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut p = Proc {
+        child,
+        what: "hpktainer run app2".into(),
+    };
+    wait_until(
+        "the container to be attached",
+        Duration::from_secs(20),
+        || env.netd.status().endpoints.iter().any(|e| e.id == "app2"),
+    );
+    // Its trap is set once its loop sleeps.
+    wait_until("the container's loop", Duration::from_secs(20), || {
+        support::sleeping_under(&marker)
+    });
+    let (code, _) = p.stop_with(Signal::SIGTERM);
+    let err = std::fs::read_to_string(env.dir.join("app2.err")).unwrap();
+    assert_eq!(code, Some(42), "{err}");
+    let calls = std::fs::read_to_string(env.dir.join("apptainer.log")).unwrap();
+    assert!(
+        calls.lines().last().unwrap().starts_with("oci umount"),
+        "{calls}"
+    );
+    env.assert_clean();
 }
 
 #[test]

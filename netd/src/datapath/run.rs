@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
-use tracing::error;
-use tracing::info;
+use tracing::{error, info};
 
 use super::args::{Mode, NetDaemonArgs};
 use super::{socket, tap_pump, PumpStopped};

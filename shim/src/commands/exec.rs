@@ -3,29 +3,27 @@
 use std::io::IsTerminal;
 use std::process::Stdio;
 
-use anyhow::{bail, Context, Result};
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
+use anyhow::{bail, Result};
 
-use super::{exit_code, Ctx};
+use super::{exit_code, run_in_foreground, Ctx};
 use crate::cli::ExecArgs;
-use crate::signals;
 use crate::state::ContainerDir;
 use crate::sweep::{self, Status};
 
 pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     let dir = ContainerDir::open(&ctx.paths.containers, &a.name)?;
-    let Some((record, status)) = sweep::status_of(&dir, &ctx.paths.runtime_state) else {
+    let Some((record, seen)) = sweep::status_of(&dir, &ctx.paths.runtime_state) else {
         bail!(
             "container {} has no readable record: `hpktainer rm {}`",
             a.name,
             a.name
         );
     };
-    if !matches!(status, Status::Running | Status::Detached) {
+    if !matches!(seen.status, Status::Running | Status::Detached) {
         bail!(
-            "container {} is not running ({status:?}): start a new one with `hpktainer run`",
-            a.name
+            "container {} is not running ({:?}): start a new one with `hpktainer run`",
+            a.name,
+            seen.status
         );
     }
     let Some(oci) = sweep::oci_for(&record, &ctx.paths.runtime_state) else {
@@ -37,18 +35,10 @@ pub fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     };
     let stdin_tty = std::io::stdin().is_terminal();
     let tty = a.tty && stdin_tty;
-    let mut cmd = oci.exec(&record.id, tty, &a.env, a.workdir.as_deref(), &a.command);
+    let mut cmd = oci.exec(record.id(), tty, &a.env, a.workdir.as_deref(), &a.command);
     if !(a.interactive || a.tty) {
         cmd.stdin(Stdio::null());
     }
-    signals::block();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", oci.runtime.path.display()))?;
     // The runtime passes signals it gets on to the process it runs.
-    let pid = Pid::from_raw(child.id() as i32);
-    signals::forward(move |sig| {
-        let _ = kill(pid, sig);
-    });
-    Ok(exit_code(child.wait()?))
+    Ok(exit_code(run_in_foreground(&mut cmd)?))
 }

@@ -1,33 +1,12 @@
 //! `hpktainer hooks install|uninstall`: oci-hooks(5) files for Podman/CRI-O, a CDI spec
 //! for SingularityCE, and the `hooks` snippet for hand-made bundles.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::cli::{HooksDirs, HooksInstallArgs};
-use crate::hookset::{find_hook, HookSet};
-
-/// Writes `path` only when its content differs (idempotent, and no needless mtime bump
-/// that would make Podman reload).
-fn write_if_changed(path: &Path, content: &[u8]) -> Result<bool> {
-    if std::fs::read(path).is_ok_and(|old| old == content) {
-        return Ok(false);
-    }
-    let dir = path.parent().expect("a file in a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, content).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(true)
-}
-
-fn pretty<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(v).expect("serializes");
-    out.push(b'\n');
-    out
-}
+use crate::files::{pretty_json, write_if_changed};
+use crate::hookset::{find_hook, HookSet, Stage};
 
 pub fn install(ctx: &Ctx, a: &HooksInstallArgs) -> Result<()> {
     let hooks = HookSet::new(find_hook(a.hook.as_deref())?, &ctx.socket);
@@ -40,7 +19,7 @@ pub fn install(ctx: &Ctx, a: &HooksInstallArgs) -> Result<()> {
     }
     for (name, file) in hooks.oci_hook_files() {
         let path = a.dirs.podman.join(name);
-        let changed = write_if_changed(&path, &pretty(&file))?;
+        let changed = write_if_changed(&path, &pretty_json(&file))?;
         println!(
             "{} {}",
             if changed { "wrote" } else { "unchanged" },
@@ -48,7 +27,7 @@ pub fn install(ctx: &Ctx, a: &HooksInstallArgs) -> Result<()> {
         );
     }
     let path = a.dirs.cdi.join(HookSet::cdi_file_name());
-    let changed = write_if_changed(&path, &pretty(&hooks.cdi_spec()))?;
+    let changed = write_if_changed(&path, &pretty_json(&hooks.cdi_spec()))?;
     println!(
         "{} {}",
         if changed { "wrote" } else { "unchanged" },
@@ -58,9 +37,9 @@ pub fn install(ctx: &Ctx, a: &HooksInstallArgs) -> Result<()> {
 }
 
 pub fn uninstall(dirs: &HooksDirs) -> Result<()> {
-    let mut paths: Vec<_> = ["createRuntime", "poststop"]
+    let mut paths: Vec<_> = Stage::ALL
         .iter()
-        .map(|s| dirs.podman.join(format!("hpktainer-{s}.json")))
+        .map(|s| dirs.podman.join(s.hook_file_name()))
         .collect();
     paths.push(dirs.cdi.join(HookSet::cdi_file_name()));
     for p in paths {

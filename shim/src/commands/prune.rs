@@ -11,19 +11,13 @@ pub fn rm(ctx: &Ctx, names: &[String], force: bool) -> Result<()> {
     for name in names {
         let result = (|| {
             let dir = ContainerDir::open(&ctx.paths.containers, name)?;
-            let Some((record, status)) = sweep::status_of(&dir, &ctx.paths.runtime_state) else {
+            let Some((record, seen)) = sweep::status_of(&dir, &ctx.paths.runtime_state) else {
                 return crate::rootfs::remove_dir(&dir);
             };
-            match status {
-                Status::Running if !force => {
-                    bail!("{name} is running: `hpktainer stop {name}` first, or rm --force")
-                }
-                Status::Detached if !force => {
-                    bail!("{name} is running: `hpktainer stop {name}` first, or rm --force")
-                }
-                _ => {}
+            if matches!(seen.status, Status::Running | Status::Detached) && !force {
+                bail!("{name} is running: `hpktainer stop {name}` first, or rm --force");
             }
-            sweep::remove(&dir, &record, &ctx.paths.runtime_state)
+            sweep::remove(&dir, &record, &ctx.paths.runtime_state, seen.in_runtime)
         })();
         if let Err(e) = result {
             eprintln!("hpktainer: {e:#}");
@@ -38,7 +32,8 @@ pub fn rm(ctx: &Ctx, names: &[String], force: bool) -> Result<()> {
 
 pub fn prune(ctx: &Ctx) -> Result<()> {
     ctx.paths.ensure()?;
-    for name in sweep::sweep(&ctx.paths.containers, &ctx.paths.runtime_state, true) {
+    let swept = sweep::sweep(&ctx.paths.containers, &ctx.paths.runtime_state, true);
+    for name in swept.removed {
         println!("{name}");
     }
     Ok(())

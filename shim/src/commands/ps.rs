@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
+use hpk_hook::proto::Status as NetStatus;
 use serde::Serialize;
 
 use super::Ctx;
 use crate::state;
-use crate::sweep::{self, Status};
+use crate::sweep::{self, Entry, Status};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -24,45 +25,51 @@ pub struct Row {
     pub address: Option<Ipv4Addr>,
 }
 
-/// The rows `ps` shows; `swept` receives the names the sweep removed.
-pub fn rows(ctx: &Ctx, all: bool, swept: &mut Vec<String>) -> Result<Vec<Row>> {
+/// The rows `ps` shows, from one sweep; `net`: hpk-netd's status, for the addresses (ps
+/// works without it). `swept` receives the names the sweep removed.
+pub fn rows(
+    ctx: &Ctx,
+    all: bool,
+    net: Option<&NetStatus>,
+    swept: &mut Vec<String>,
+) -> Result<Vec<Row>> {
     ctx.paths.ensure()?;
-    swept.extend(sweep::sweep(
-        &ctx.paths.containers,
-        &ctx.paths.runtime_state,
-        false,
-    ));
-    // Addresses come from hpk-netd when it answers; ps works without it.
-    let addresses: HashMap<String, Ipv4Addr> = crate::netd::status(&ctx.socket)
-        .map(|s| s.endpoints.into_iter().map(|e| (e.id, e.address)).collect())
+    let result = sweep::sweep(&ctx.paths.containers, &ctx.paths.runtime_state, false);
+    swept.extend(result.removed);
+    let addresses: HashMap<&str, Ipv4Addr> = net
+        .map(|s| {
+            s.endpoints
+                .iter()
+                .map(|e| (e.id.as_str(), e.address))
+                .collect()
+        })
         .unwrap_or_default();
-    let mut rows = Vec::new();
-    for dir in state::list(&ctx.paths.containers) {
-        if dir.name().starts_with('.') {
-            continue;
-        }
-        let Some((record, status)) = sweep::status_of(&dir, &ctx.paths.runtime_state) else {
-            continue;
-        };
-        if status == Status::Exited && !all {
-            continue;
-        }
-        let pid = (status != Status::Exited)
-            .then(|| record.pid.or_else(|| dir.runtime_pid()))
-            .flatten();
-        rows.push(Row {
-            address: addresses.get(&record.id).copied(),
-            name: record.name,
-            id: record.id,
-            image: record.image,
-            command: record.command,
-            created: record.created,
-            status,
-            pid,
-            runtime: record.runtime.name(),
-            detached: record.detached,
-        });
-    }
+    let rows = result
+        .kept
+        .into_iter()
+        .filter(|e| all || e.status != Status::Exited)
+        .map(|entry| {
+            let Entry {
+                dir,
+                record,
+                status,
+            } = entry;
+            Row {
+                address: addresses.get(record.id()).copied(),
+                id: record.id().to_string(),
+                pid: (status != Status::Exited)
+                    .then(|| dir.runtime_pid())
+                    .flatten(),
+                name: record.name,
+                image: record.image,
+                command: record.command,
+                created: record.created,
+                status,
+                runtime: record.runtime.name(),
+                detached: record.detached,
+            }
+        })
+        .collect();
     Ok(rows)
 }
 
@@ -104,8 +111,10 @@ pub fn print_table(rows: &[Row]) {
 }
 
 pub fn ps(ctx: &Ctx, all: bool, json: bool) -> Result<()> {
+    // Addresses come from hpk-netd when it answers.
+    let net = crate::netd::status(&ctx.socket).ok();
     let mut swept = Vec::new();
-    let rows = rows(ctx, all, &mut swept)?;
+    let rows = rows(ctx, all, net.as_ref(), &mut swept)?;
     for name in &swept {
         eprintln!("hpktainer: removed {name} (its run has ended)");
     }

@@ -10,16 +10,15 @@ use anyhow::{bail, Context, Result};
 use hpk_hook::proto::{ANNOTATION_IP, ANNOTATION_NETWORK};
 use tracing::debug;
 
-use super::{exit_code, Ctx};
+use super::{exit_code, run_in_foreground, Ctx};
 use crate::bundle::{self, Bind, Plan};
 use crate::cli::{NetworkMode, RunOpts};
 use crate::environment;
 use crate::hookset::{find_hook, HookSet};
 use crate::image;
-use crate::rootless::is_real_root;
 use crate::runtime::{self, oci::Oci, Kind};
 use crate::state::{self, ContainerDir, Record};
-use crate::{netd, rootfs, signals, sweep, userspec};
+use crate::{netd, rootfs, sweep, userspec};
 
 /// What was checked before anything was created.
 pub struct Checked {
@@ -40,7 +39,7 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
     ctx.paths.ensure()?;
     sweep::sweep(&ctx.paths.containers, &ctx.paths.runtime_state, false);
     if ctx.paths.containers.join(&name).exists() {
-        bail!("the name {name} is already in use by a container of yours: choose another --name, or `hpktainer rm {name}`");
+        return Err(state::name_in_use(&name));
     }
     let mut env = Vec::new();
     for f in &opts.env_file {
@@ -126,7 +125,7 @@ fn run_oci(
     image_ref: &str,
     command: &[String],
 ) -> Result<i32> {
-    let rootless = !is_real_root();
+    let rootless = !ctx.ids.is_real_root();
     let img = image::resolve(
         image_ref,
         &ctx.paths.images,
@@ -145,16 +144,13 @@ fn run_oci(
     };
     let record = Record {
         name: c.name.clone(),
-        id: c.name.clone(),
         runtime: c.runtime.clone(),
         image: image_ref.to_string(),
         digest: img.digest.clone(),
         command: args.clone(),
         created: state::now(),
-        pid: None,
         detached: opts.detach,
         remove: opts.rm || !opts.detach,
-        overlay: false,
         exited: false,
     };
     let (dir, lock) = ContainerDir::create(&ctx.paths.containers, &record)?;
@@ -162,9 +158,6 @@ fn run_oci(
         dir: Some(dir.clone()),
     };
     let prepared = rootfs::prepare(&dir, &img.rootfs, img.cached)?;
-    let mut record = record;
-    record.overlay = prepared.overlay;
-    dir.save(&record)?;
 
     let (uid, gid) = match &opts.user {
         Some(u) => userspec::resolve(u, &img.rootfs)?,
@@ -196,39 +189,32 @@ fn run_oci(
         binds,
         annotations: c.annotations.clone(),
         hooks: c.hooks.clone(),
-        rootless,
+        rootless: rootless.then(|| ctx.ids.mappings()),
         tmpfs_tmp: prepared.tmpfs_tmp,
     };
     let spec = bundle::build(&plan)?;
     bundle::save(&spec, &dir.bundle().join("config.json"))?;
     let oci = Oci::new(c.runtime.clone(), &ctx.paths.runtime_state);
-    std::fs::create_dir_all(&oci.root)?;
+    std::fs::create_dir_all(&oci.root)
+        .with_context(|| format!("cannot create {}", oci.root.display()))?;
 
     if opts.detach {
-        let code = start_detached(&oci, &dir, &mut record)?;
+        let code = start_detached(&oci, &dir, &record)?;
         cleanup.dir = None;
         drop(lock);
         println!("{}", record.name);
         return Ok(code);
     }
     debug!(container = %record.name, runtime = %c.runtime.name(), "starting");
-    signals::block();
-    let mut cmd = oci.run_foreground(&record.id, &dir.bundle(), &dir.pid_file());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", c.runtime.path.display()))?;
-    let (fwd_oci, id) = (oci.clone(), record.id.clone());
-    signals::forward(move |sig| {
-        debug!(?sig, "passing the signal to the container");
-        let _ = fwd_oci.kill(&id, &(sig as i32).to_string());
-    });
-    let status = child.wait().context("waiting for the runtime")?;
+    // The runtime passes the signals we pass it on to the container.
+    let status =
+        run_in_foreground(&mut oci.run(record.id(), &dir.bundle(), &dir.pid_file(), false))?;
     // `run` in the foreground deletes the container (poststop included) unless the
     // runtime itself was killed: only then is there something to delete.
     if std::os::unix::process::ExitStatusExt::signal(&status).is_some()
-        && oci.state(&record.id).is_some()
+        && oci.state(record.id()).is_some()
     {
-        let _ = oci.delete(&record.id);
+        let _ = oci.delete(record.id());
     }
     // The runtime writes the pid file once the container runs: without it, the start
     // failed (the runtime said why on stderr) and the failure is ours, not the container's.
@@ -244,22 +230,25 @@ fn run_oci(
     Ok(exit_code(status))
 }
 
-/// `run -d` with the container's output in its log; the record gets the pid.
-fn start_detached(oci: &Oci, dir: &ContainerDir, record: &mut Record) -> Result<i32> {
+/// `run -d` with the container's output in its log (its pid: the runtime's pid file).
+fn start_detached(oci: &Oci, dir: &ContainerDir, record: &Record) -> Result<i32> {
     let log = std::fs::File::create(dir.log())
         .with_context(|| format!("cannot create {}", dir.log().display()))?;
-    let mut cmd = oci.run_detached(&record.id, &dir.bundle(), &dir.pid_file());
+    let mut cmd = oci.run(record.id(), &dir.bundle(), &dir.pid_file(), true);
     // The runtime's own complaint lands in the log too: the container inherits its stdio.
     let status = cmd
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(
+            log.try_clone()
+                .with_context(|| format!("cannot open {}", dir.log().display()))?,
+        )
         .stderr(log)
         .status()
         .with_context(|| format!("cannot run {}", oci.runtime.path.display()))?;
     if !status.success() {
         let text = std::fs::read(dir.log()).unwrap_or_default();
-        if oci.state(&record.id).is_some() {
-            let _ = oci.delete(&record.id);
+        if oci.state(record.id()).is_some() {
+            let _ = oci.delete(record.id());
         }
         bail!(
             "{} could not start the container: {}",
@@ -267,8 +256,6 @@ fn start_detached(oci: &Oci, dir: &ContainerDir, record: &mut Record) -> Result<
             crate::tool::last_line(&text)
         );
     }
-    record.pid = dir.runtime_pid();
-    dir.save(record)?;
     Ok(0)
 }
 
@@ -286,7 +273,8 @@ fn name_files(
     std::fs::write(
         &hosts,
         format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t{hostname}\n"),
-    )?;
+    )
+    .with_context(|| format!("cannot write {}", hosts.display()))?;
     let candidates = [
         (hosts, "/etc/hosts"),
         (PathBuf::from("/etc/resolv.conf"), "/etc/resolv.conf"),

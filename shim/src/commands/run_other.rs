@@ -5,12 +5,13 @@ use anyhow::{bail, Context, Result};
 use tracing::info;
 
 use super::run::Checked;
-use super::{exit_code, Ctx};
+use super::{exit_code, run_in_foreground, Ctx};
 use crate::cli::RunOpts;
+use crate::files::{pretty_json, write_if_changed};
 use crate::hookset::HookSet;
 use crate::runtime::{apptainer, singularity};
 use crate::state::ContainerDir;
-use crate::{signals, tool};
+use crate::tool;
 
 fn no_detach(opts: &RunOpts, runtime: &str) -> Result<()> {
     if opts.detach {
@@ -39,7 +40,8 @@ pub fn apptainer(
     // bundle is one level down, where the sweep checks for a mount before removing.
     let dir = ContainerDir::new(ctx.paths.containers.join(format!(".apptainer-{}", c.name)));
     let bundle = dir.bundle();
-    std::fs::create_dir_all(&bundle)?;
+    std::fs::create_dir_all(&bundle)
+        .with_context(|| format!("cannot create {}", bundle.display()))?;
     let _lock = dir.lock_owner()?;
     let path = &c.runtime.path;
     let result = (|| {
@@ -55,11 +57,7 @@ pub fn apptainer(
         };
         apptainer::edit_bundle(&bundle, c.hooks.as_ref(), &overrides)?;
         info!(container = %c.name, "starting with apptainer");
-        signals::block();
-        let mut child = apptainer::run_cmd(path, &bundle, &c.name)
-            .spawn()
-            .context("cannot run apptainer")?;
-        let status = child.wait()?;
+        let status = run_in_foreground(&mut apptainer::run_cmd(path, &bundle, &c.name))?;
         Ok(exit_code(status))
     })();
     let _ = tool::output(apptainer::umount_cmd(path, &bundle), "apptainer oci umount");
@@ -81,10 +79,11 @@ pub fn singularity(
     }
     let cdi_dir = ctx.paths.generated.join("cdi");
     if let Some(hooks) = &c.hooks {
-        std::fs::create_dir_all(&cdi_dir)?;
-        let path = cdi_dir.join(HookSet::cdi_file_name());
-        std::fs::write(&path, serde_json::to_vec_pretty(&hooks.cdi_spec())?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        // Concurrent runs read it: written whole, and only when it changes.
+        write_if_changed(
+            &cdi_dir.join(HookSet::cdi_file_name()),
+            &pretty_json(&hooks.cdi_spec()),
+        )?;
     }
     let inv = singularity::Invocation {
         image: image.to_string(),
@@ -97,7 +96,5 @@ pub fn singularity(
     };
     let mut cmd = singularity::command(&c.runtime.path, &inv)?;
     info!(command = %tool::render(&cmd), "starting with singularity");
-    signals::block();
-    let status = cmd.status().context("cannot run singularity")?;
-    Ok(exit_code(status))
+    Ok(exit_code(run_in_foreground(&mut cmd)?))
 }

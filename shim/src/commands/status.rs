@@ -10,7 +10,7 @@ use super::Ctx;
 pub fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
     let net = crate::netd::status(&ctx.socket);
     let mut swept = Vec::new();
-    let rows = super::ps::rows(ctx, true, &mut swept)?;
+    let rows = super::ps::rows(ctx, true, net.as_ref().ok(), &mut swept)?;
     if as_json {
         let value = match &net {
             Ok(s) => json!({"socket": ctx.socket, "network": s, "containers": rows}),

@@ -33,11 +33,11 @@ fn stop_one(ctx: &Ctx, name: &str, grace: u64, remove: bool) -> Result<()> {
         bail!("{name} runs under {}: stop it there", record.runtime.name());
     };
     let running = |o: &crate::runtime::oci::Oci| {
-        o.state(&record.id)
+        o.state(record.id())
             .is_some_and(|s| !matches!(s.status(), ContainerState::Stopped))
     };
     if running(&oci) {
-        let _ = oci.kill(&record.id, "TERM");
+        let _ = oci.kill(record.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(grace);
         let mut pause = Duration::from_millis(10);
         while running(&oci) && Instant::now() < deadline {
@@ -49,7 +49,7 @@ fn stop_one(ctx: &Ctx, name: &str, grace: u64, remove: bool) -> Result<()> {
                 container = name,
                 "still running after the grace period: SIGKILL"
             );
-            let _ = oci.kill(&record.id, "KILL");
+            let _ = oci.kill(record.id(), "KILL");
         }
     }
     // A foreground hpktainer cleans up after its own container; detached ones are ours.
@@ -59,10 +59,11 @@ fn stop_one(ctx: &Ctx, name: &str, grace: u64, remove: bool) -> Result<()> {
     let Ok(Some(_lock)) = dir.lock_owner() else {
         return Ok(());
     };
+    // Asked again under the lock: a sweep may have deleted it meanwhile.
     if remove || record.remove {
-        sweep::remove(&dir, &record, &ctx.paths.runtime_state)?;
+        sweep::remove(&dir, &record, &ctx.paths.runtime_state, None)?;
     } else {
-        sweep::stop_in_runtime(&dir, &record, &ctx.paths.runtime_state);
+        sweep::stop_in_runtime(&dir, &record, &ctx.paths.runtime_state, None);
         record.exited = true;
         dir.save(&record)?;
     }

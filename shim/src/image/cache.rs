@@ -45,8 +45,11 @@ impl Cache {
 
     /// Exclusive while pulling and unpacking: two runs of one image unpack it once.
     pub fn lock(&self) -> Result<Flock<File>> {
-        std::fs::create_dir_all(self.dir.join("refs"))?;
-        std::fs::create_dir_all(self.dir.join("rootfs"))?;
+        for sub in ["refs", "rootfs"] {
+            let d = self.dir.join(sub);
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
+        }
         let f = File::create(self.dir.join("lock"))
             .with_context(|| format!("cannot open {}", self.dir.join("lock").display()))?;
         Flock::lock(f, FlockArg::LockExclusive)
@@ -64,7 +67,8 @@ impl Cache {
             .join(format!("{}.json", &sha256_hex(key.as_bytes())[..40]))
     }
 
-    /// The digest `key` resolved to last time, if its rootfs is still there.
+    /// The digest `key` resolved to last time, if its rootfs is still there. Safe without
+    /// the lock: refs and rootfs directories appear whole, by rename.
     pub fn lookup(&self, key: &str) -> Option<String> {
         let text = std::fs::read(self.ref_path(key)).ok()?;
         let rec: RefRecord = serde_json::from_slice(&text).ok()?;
@@ -79,9 +83,9 @@ impl Cache {
         };
         let path = self.ref_path(key);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&rec)?)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        std::fs::write(&tmp, serde_json::to_vec(&rec)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// `images/rootfs/<hex>` for `sha256:<hex>`.

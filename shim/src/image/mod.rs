@@ -65,8 +65,9 @@ pub fn resolve(text: &str, cache_dir: &Path, opts: &Options) -> Result<Image> {
         }
         // A local source changes in place: its key carries its size and mtime.
         Source::Local { path, .. } => {
-            let m =
-                std::fs::metadata(path.join("index.json")).or_else(|_| std::fs::metadata(path))?;
+            let m = std::fs::metadata(path.join("index.json"))
+                .or_else(|_| std::fs::metadata(path))
+                .with_context(|| format!("cannot read {}", path.display()))?;
             (
                 format!(
                     "{text}|{}|{}",
@@ -78,32 +79,30 @@ pub fn resolve(text: &str, cache_dir: &Path, opts: &Options) -> Result<Image> {
         }
     };
     let cache = Cache::new(cache_dir);
-    let _lock = cache.lock()?;
-    let known = cache.lookup(&key);
-    let digest = match (known, opts.pull) {
-        (Some(d), PullPolicy::Missing | PullPolicy::Never) => {
+    // Cached images need no lock: lookups only read, and pulls write with rename.
+    let cached = || {
+        (opts.pull != PullPolicy::Always)
+            .then(|| cache.lookup(&key))
+            .flatten()
+    };
+    let digest = match cached() {
+        Some(d) => {
             debug!(image = text, digest = %d, "image in the cache: not pulling");
             d
         }
-        (None, PullPolicy::Never) => {
-            bail!("image {text} is not in the cache and --pull never forbids pulling it")
-        }
-        _ => {
-            let tag = Cache::tag(&key);
-            info!(image = text, "pulling");
-            let registries_d = skopeo::own_registries_d(cache_dir)?;
-            skopeo::copy(
-                &source.skopeo_name(text),
-                &cache.layout(),
-                &tag,
-                insecure,
-                registries_d.as_deref(),
-            )?;
-            let d = cache.digest_of_tag(&tag)?;
-            debug!(image = text, digest = %d, "pulled");
-            unpack_once(&cache, &tag, &d, opts.rootless)?;
-            cache.remember(&key, &d)?;
-            d
+        None => {
+            // A miss: one pull or unpack at a time; another run may have just made it.
+            let _lock = cache.lock()?;
+            match (cached(), opts.pull) {
+                (Some(d), _) => {
+                    debug!(image = text, digest = %d, "image in the cache (another run pulled it meanwhile): not pulling");
+                    d
+                }
+                (None, PullPolicy::Never) => {
+                    bail!("image {text} is not in the cache and --pull never forbids pulling it")
+                }
+                (None, _) => pull(text, &source, &key, &cache, insecure, opts)?,
+            }
         }
     };
     let dir = cache.rootfs_dir(&digest);
@@ -113,6 +112,32 @@ pub fn resolve(text: &str, cache_dir: &Path, opts: &Options) -> Result<Image> {
         defaults: defaults_from(&dir.join("config.json"))?,
         digest: Some(digest),
     })
+}
+
+/// Copies the image into the cache's layout and unpacks it; under the cache lock.
+fn pull(
+    text: &str,
+    source: &Source,
+    key: &str,
+    cache: &Cache,
+    insecure: bool,
+    opts: &Options,
+) -> Result<String> {
+    let tag = Cache::tag(key);
+    info!(image = text, "pulling");
+    let registries_d = skopeo::own_registries_d(&cache.dir, opts.rootless)?;
+    skopeo::copy(
+        &source.skopeo_name(text),
+        &cache.layout(),
+        &tag,
+        insecure,
+        registries_d.as_deref(),
+    )?;
+    let d = cache.digest_of_tag(&tag)?;
+    debug!(image = text, digest = %d, "pulled");
+    unpack_once(cache, &tag, &d, opts.rootless)?;
+    cache.remember(key, &d)?;
+    Ok(d)
 }
 
 /// Unpacks into a temporary directory renamed into place: a crash never leaves a
@@ -129,7 +154,10 @@ fn unpack_once(cache: &Cache, tag: &str, digest: &str, rootless: bool) -> Result
         std::process::id()
     ));
     // Left by an unpack that was interrupted (we hold the cache lock: nobody else unpacks).
-    for entry in std::fs::read_dir(dest.parent().expect("rootfs/<digest>"))?.flatten() {
+    let parent = dest.parent().expect("rootfs/<digest>");
+    let entries =
+        std::fs::read_dir(parent).with_context(|| format!("cannot read {}", parent.display()))?;
+    for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(".tmp-") {
             let _ = std::fs::remove_dir_all(entry.path());
         }

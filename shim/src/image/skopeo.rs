@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::tool;
 
@@ -33,18 +33,22 @@ pub fn copy(
 
 /// As root of a user namespace (a fakeroot bubble) skopeo believes it is root and reads
 /// signatures from /var/lib/containers/sigstore, which the real user may not read
-/// ("permission denied"): point it at a signature store in our cache instead.
-pub fn own_registries_d(cache: &Path) -> Result<Option<std::path::PathBuf>> {
-    if crate::rootless::is_real_root() || !nix::unistd::geteuid().is_root() {
+/// ("permission denied"): point it at a signature store in our cache instead. `rootless`:
+/// not real root.
+pub fn own_registries_d(cache: &Path, rootless: bool) -> Result<Option<std::path::PathBuf>> {
+    if !rootless || !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
     let dir = cache.join("registries.d");
-    std::fs::create_dir_all(&dir)?;
     let store = cache.join("sigstore");
-    std::fs::create_dir_all(&store)?;
+    for d in [&dir, &store] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let config = dir.join("default.yaml");
     std::fs::write(
-        dir.join("default.yaml"),
+        &config,
         format!("default-docker:\n  lookaside: file://{}\n", store.display()),
-    )?;
+    )
+    .with_context(|| format!("cannot write {}", config.display()))?;
     Ok(Some(dir))
 }

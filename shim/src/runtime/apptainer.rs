@@ -12,7 +12,8 @@ use anyhow::{bail, Result};
 use oci_spec::runtime::Spec;
 
 use crate::bundle;
-use crate::hookset::{HookSet, HOOK_PATH_ENV};
+use crate::environment::DEFAULT_PATH;
+use crate::hookset::HookSet;
 
 /// `apptainer oci` needs uid 0.
 pub fn check_root() -> Result<()> {
@@ -51,12 +52,12 @@ pub struct Overrides {
 
 /// The edit of an Apptainer bundle's config.json: hooks (with PATH), network namespace,
 /// annotations, and the user's command and environment.
-pub fn edit_spec(spec: &mut Spec, hooks: Option<&HookSet>, o: &Overrides) -> Result<()> {
+pub fn edit_spec(spec: &mut Spec, hooks: Option<&HookSet>, o: &Overrides) {
     match hooks {
         Some(hooks) => {
             let mut hooks = hooks.clone();
             if !hooks.env.iter().any(|e| e.starts_with("PATH=")) {
-                hooks.env.push(HOOK_PATH_ENV.into());
+                hooks.env.push(DEFAULT_PATH.into());
             }
             bundle::add_hooks_and_netns(spec, &hooks);
         }
@@ -79,12 +80,9 @@ pub fn edit_spec(spec: &mut Spec, hooks: Option<&HookSet>, o: &Overrides) -> Res
         }
         spec.set_process(Some(p));
     }
-    Ok(())
 }
 
 /// Edits `BUNDLE/config.json` in place, keeping what oci-spec does not know.
 pub fn edit_bundle(bundle_dir: &Path, hooks: Option<&HookSet>, o: &Overrides) -> Result<()> {
-    let mut result = Ok(());
-    bundle::edit_config_with(bundle_dir, |spec| result = edit_spec(spec, hooks, o))?;
-    result
+    bundle::edit_config_with(bundle_dir, |spec| edit_spec(spec, hooks, o))
 }

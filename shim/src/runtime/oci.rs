@@ -34,25 +34,16 @@ impl Oci {
         cmd
     }
 
-    /// `run` in the foreground: the runtime forwards signals and, with a terminal in the
-    /// spec, handles the pty itself; it deletes the container when it exits.
-    pub fn run_foreground(&self, id: &str, bundle: &Path, pid_file: &Path) -> Command {
+    /// `run`, in the foreground (the runtime forwards signals and, with a terminal in the
+    /// spec, handles the pty itself; it deletes the container when it exits) or with
+    /// `detach` (`run -d`: the container keeps the stdio we give, a log file).
+    pub fn run(&self, id: &str, bundle: &Path, pid_file: &Path, detach: bool) -> Command {
         let mut cmd = self.cmd();
-        cmd.arg("run")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
-        cmd
-    }
-
-    /// `run -d`: the container keeps the stdio we give (a log file).
-    pub fn run_detached(&self, id: &str, bundle: &Path, pid_file: &Path) -> Command {
-        let mut cmd = self.cmd();
-        cmd.arg("run")
-            .arg("-d")
-            .arg("--bundle")
+        cmd.arg("run");
+        if detach {
+            cmd.arg("-d");
+        }
+        cmd.arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file)

@@ -38,6 +38,34 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// An OCI layout `dir/layout` holding the image `latest`: one layer, the busybox root
+/// filesystem after `first_layer` changed it (built in `dir/b`, left there for more
+/// layers). Returns `LAYOUT:latest`, for `oci:` or umoci's `--image`.
+pub fn layout_image(dir: &Path, first_layer: impl FnOnce(&Path)) -> String {
+    let layout = dir.join("layout");
+    let image = format!("{}:latest", layout.display());
+    let bundle = dir.join("b");
+    testkit::run(
+        Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout),
+    );
+    testkit::run(Command::new("umoci").args(["new", "--image", &image]));
+    testkit::run(
+        Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle),
+    );
+    std::fs::remove_dir_all(bundle.join("rootfs")).unwrap();
+    first_layer(&busybox_rootfs(&bundle));
+    testkit::run(
+        Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle),
+    );
+    image
+}
+
 /// A bubble with hpk-netd on `subnet`, and hpktainer's state under a scratch directory.
 // Fields drop in order: hpk-netd before its namespace and directory go.
 pub struct Env {
@@ -150,27 +178,30 @@ impl Env {
             .collect()
     }
 
+    /// Containers `rt` (runc or crun) still knows under our state directory.
+    pub fn runtime_ids(&self, rt: &str) -> Vec<String> {
+        let root = self.root.join("runtime").join(rt);
+        if !root.exists() {
+            return Vec::new();
+        }
+        let out = Command::new(rt)
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Containers the runtimes still know under our state directory.
     pub fn runtime_containers(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        for rt in ["runc", "crun"] {
-            let root = self.root.join("runtime").join(rt);
-            if !root.exists() {
-                continue;
-            }
-            let out = Command::new(rt)
-                .arg("--root")
-                .arg(&root)
-                .args(["list", "-q"])
-                .output()
-                .unwrap();
-            ids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_owned),
-            );
-        }
-        ids
+        ["runc", "crun"]
+            .iter()
+            .flat_map(|rt| self.runtime_ids(rt))
+            .collect()
     }
 
     /// Nothing left: no container directory, runtime container, endpoint, address, tap,
@@ -215,7 +246,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         for rt in ["runc", "crun"] {
             let root = self.root.join("runtime").join(rt);
-            for id in self.runtime_containers() {
+            for id in self.runtime_ids(rt) {
                 let _ = Command::new(rt)
                     .arg("--root")
                     .arg(&root)
@@ -250,6 +281,39 @@ pub fn in_pty(env: &Env, args: &str, input: &[u8]) -> Output {
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Whether a process whose command line holds `marker` has a `sleep` child (so the
+/// commands of its script before the sleep have run).
+pub fn sleeping_under(marker: &str) -> bool {
+    let procs: Vec<(i32, Vec<u8>, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, cmdline, stat))
+        })
+        .collect();
+    let shells: Vec<i32> = procs
+        .iter()
+        .filter(|(_, cmdline, _)| {
+            cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+        })
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    procs.iter().any(|(_, _, stat)| {
+        let Some(i) = stat.rfind(')') else {
+            return false;
+        };
+        let ppid = stat[i + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        stat.contains("(sleep)") && ppid.is_some_and(|p| shells.contains(&p))
+    })
 }
 
 fn is_zombie(pid: i32) -> bool {
