@@ -2,25 +2,17 @@
 //! namespace with slirp4netns as its uplink, hpk-netd as the bubble's root, and
 //! `runc spec --rootless` containers with our hooks.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use testkit::netd::{subnet_env, Netd};
-use testkit::rootless::RootlessBubble;
+use testkit::rootless::{RootlessBubble, BUBBLE_USER as USER};
 use testkit::runc::{bundle, rootfs, BundleSpec, Runc};
 use testkit::world::{echo_from, World};
 use testkit::*;
 
-/// The unprivileged user that owns the bubble.
-const USER: u32 = 65534;
-
 #[test]
 fn rootless_bubble_attaches_and_reaches_the_outside() {
-    // These machines ship /dev/net/tun as 0600; distributions ship 0666, which is what
-    // rootless taps (ours and slirp4netns's) rely on. This test sets the usual mode.
-    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
-
     let p = prefix();
     let scratch = Scratch::new(&p);
     let dir = scratch.0.clone();
@@ -49,7 +41,7 @@ fn rootless_bubble_attaches_and_reaches_the_outside() {
         .arg(&dir));
 
     // The bubble: the unprivileged user's namespaces, with slirp4netns as on a node.
-    let rootless = RootlessBubble::start(&host, &p, USER);
+    let rootless = RootlessBubble::start(&host, &p);
     let bubble = &rootless.ns;
     let enter = rootless.enter();
     let netd = Netd::start_rootless(enter.clone(), &dir);

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{stderr, stdout};
 use testkit::netd::{subnet_env, Netd};
-use testkit::rootless::RootlessBubble;
+use testkit::rootless::{RootlessBubble, BUBBLE_USER as USER};
 use testkit::world::{World, ECHO_PORT, OUTSIDE};
 use testkit::*;
 
@@ -24,14 +23,8 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// The unprivileged user that owns the bubble.
-const USER: u32 = 65534;
-
 #[test]
 fn hpktainer_in_a_rootless_bubble() {
-    // These machines ship /dev/net/tun as 0600; distributions ship 0666, which is what
-    // rootless taps (ours and slirp4netns's) rely on. This test sets the usual mode.
-    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
     let p = prefix();
     let scratch = Scratch::new(&p);
     let dir = scratch.0.clone();
@@ -51,7 +44,7 @@ fn hpktainer_in_a_rootless_bubble() {
         .arg(&dir));
 
     // The bubble: the unprivileged user's namespaces, with slirp4netns as on a node.
-    let rootless = RootlessBubble::start(&host, &p, USER);
+    let rootless = RootlessBubble::start(&host, &p);
     let bubble = &rootless.ns;
     let enter = rootless.enter();
     let netd = Netd::start_rootless(enter.clone(), &dir);

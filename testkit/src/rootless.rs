@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::{wait_until, Netns, Proc};
 
+/// The unprivileged user that owns the bubbles (`nobody`); tests give it their files.
+pub const BUBBLE_USER: u32 = 65534;
+
 // Fields drop in order: slirp4netns, the namespace's name (and what runs in it), then the
 // process that holds the namespaces.
 pub struct RootlessBubble {
@@ -16,8 +19,16 @@ pub struct RootlessBubble {
 }
 
 impl RootlessBubble {
-    /// Starts the namespaces as `user` from `host`, and slirp4netns at MTU 65520.
-    pub fn start(host: &Netns, prefix: &str, user: u32) -> RootlessBubble {
+    /// Starts the namespaces as [`BUBBLE_USER`] from `host`, and slirp4netns at MTU 65520.
+    pub fn start(host: &Netns, prefix: &str) -> RootlessBubble {
+        let user = BUBBLE_USER;
+        // These machines ship /dev/net/tun as 0600; distributions ship 0666, which is what
+        // rootless taps (ours and slirp4netns's) rely on: set the usual mode.
+        std::fs::set_permissions(
+            "/dev/net/tun",
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
         let holder = Proc::spawn(
             "bubble",
             host.nsenter("setpriv")
