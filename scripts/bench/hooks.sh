@@ -97,13 +97,14 @@ printf '\nContainer start-up with hpk-hook (%s runs each, medians; kernel %s, %s
 printf '%-44s %10s\n' "runc run busybox true, no hooks (ms)" "$(median "${without[@]}")"
 printf '%-44s %10s\n' "runc run busybox true, with hooks (ms)" "$(median "${with[@]}")"
 printf '%-44s %10s\n' "  added by the hooks (ms)" "$(awk -v a="$(median "${with[@]}")" -v b="$(median "${without[@]}")" 'BEGIN{printf "%.2f", a-b}')"
+# Standalone, each call also pays nsenter's start and the shell's timing around it.
 printf '%-44s %10s\n' "hpk-hook createRuntime wall time (ms)" "$(median "${attach[@]}")"
 printf '%-44s %10s\n' "hpk-hook poststop wall time (ms)" "$(median "${detach[@]}")"
 added=$(awk -v a="$(median "${with[@]}")" -v b="$(median "${without[@]}")" 'BEGIN{print a-b}')
 if [ "$attached" -lt "$runs" ] || [ "$detached" -lt "$runs" ]; then
     echo "WARNING: hpk-netd logged $attached attaches and $detached detaches for $runs hooked runs: the figures above are not what they claim"
-elif awk -v a="$added" -v h="$(median "${attach[@]}")" 'BEGIN{exit !(a < h / 2)}'; then
-    echo "WARNING: the hooks add less than half of createRuntime's own wall time: this run cannot see their cost (a busy machine?)"
+elif awk -v a="$added" 'BEGIN{exit !(a < 0.5)}'; then
+    echo "WARNING: the hooks add under 0.5 ms to a runc run: this run cannot see their cost (a busy machine?)"
 fi
 
 # 3. Container to container: two runc containers vs two veth namespaces on a bridge.
