@@ -1,15 +1,16 @@
 # hpktainer: build, test, benchmark. `make help` lists the targets.
 SHELL := /bin/bash
 BIN_DIR := bin
-BINARIES := hpk-netd hpk-net-daemon hpk-hook hpktainer
+BINARIES := hpk-netd hpk-net-daemon hpk-hook hpktainer hpk-bubble
 CARGO ?= cargo
 
-.PHONY: help deps binaries demo test lint bench clean
+.PHONY: help deps binaries demo sim test lint bench clean
 
 help:
 	@echo "make deps      install build/test dependencies (Debian 12, as root)"
 	@echo "make binaries  release binaries into $(BIN_DIR)/"
-	@echo "make demo      deps + binaries + the main job"
+	@echo "make demo      deps + binaries + the main job: sbatch --nodes=3 scripts/hpk.slurm on a simulated Slurm"
+	@echo "make sim       deps + binaries + hosts with hpk-netd and containers, without Slurm or bubbles"
 	@echo "make test      deps + every test (needs root: tests build namespaces)"
 	@echo "make lint      cargo fmt --check and clippy -D warnings"
 	@echo "make bench     benchmarks: figures next to a veth pair"
@@ -23,6 +24,9 @@ binaries:
 	@for b in $(BINARIES); do install -m 0755 target/release/$$b $(BIN_DIR)/$$b; done
 
 demo: deps binaries
+	scripts/demo.sh
+
+sim: deps binaries
 	scripts/sim-cluster.sh
 
 test: deps lint
@@ -32,6 +36,7 @@ test: deps lint
 	set -o pipefail; $(CARGO) test --workspace --all-targets --locked 2>&1 | tee target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 	scripts/tests/sim-slurm.sh
+	scripts/tests/demo.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -42,6 +47,7 @@ bench: binaries
 	scripts/bench/hooks.sh
 	scripts/bench/overlay.sh
 	scripts/bench/start.sh
+	scripts/bench/bubbles.sh
 
 clean:
 	$(CARGO) clean

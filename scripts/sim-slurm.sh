@@ -131,6 +131,9 @@ up() {
     done
     [ -e "/run/netns/$p-lan" ] && die "a simulated cluster is already up ($p-lan exists): run '$0 down' first"
     case $nodes in '' | *[!0-9]* | 0) die "-n wants a number of nodes (1 or more)" ;; esac
+    # Jobs start rootless bubbles, whose taps need /dev/net/tun open to every user, as
+    # distributions ship it (these machines ship 0600).
+    chmod 0666 /dev/net/tun
     # From here on, a failure removes whatever was made.
     trap 'down >/dev/null 2>&1' EXIT
     write_config

@@ -118,6 +118,13 @@ fn pid_that_no_longer_exists() {
 fn container_sharing_the_bubble_namespace() {
     let (_s, ns, netd) = bubble("10.244.3.1/24", &[]);
     let mut same = Proc::spawn("sleeper in the bubble", ns.nsenter("sleep").arg("60"));
+    // The PID is nsenter's until it has joined the namespace and exec'd sleep.
+    let joined = || ns_id(Path::new(&format!("/proc/{}/ns/net", same.pid())));
+    wait_until(
+        "the sleeper to join the bubble",
+        Duration::from_secs(5),
+        || joined() == ns_id(&ns.path()),
+    );
     hook_fails(
         "createRuntime",
         &netd.socket,

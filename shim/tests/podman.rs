@@ -22,9 +22,11 @@ impl<'a> Podman<'a> {
         let dir = env.dir.join("podman");
         std::fs::create_dir_all(&dir).unwrap();
         // These VMs lack CAP_SYS_RESOURCE: Podman's default nofile limit makes runc fail.
+        // File locks under the test's tmpdir: the default shared-memory locks are one
+        // machine-wide set (/dev/shm/libpod_lock) that parallel tests race to create.
         std::fs::write(
             dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\n",
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\nlock_type = \"file\"\n",
         )
         .unwrap();
         let p = Podman {

@@ -9,6 +9,25 @@ use crate::{wait_until, Netns, Proc};
 /// The unprivileged user that owns the bubbles (`nobody`); tests give it their files.
 pub const BUBBLE_USER: u32 = 65534;
 
+/// These machines ship /dev/net/tun as 0600; distributions ship 0666, which is what
+/// rootless taps (ours, slirp4netns's, pasta's) rely on: set the usual mode.
+pub fn allow_rootless_tun() {
+    std::fs::set_permissions(
+        "/dev/net/tun",
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+}
+
+/// `setpriv` arguments that run the rest of the command line as [`BUBBLE_USER`].
+pub fn setpriv_args() -> [String; 3] {
+    [
+        format!("--reuid={BUBBLE_USER}"),
+        format!("--regid={BUBBLE_USER}"),
+        "--clear-groups".to_string(),
+    ]
+}
+
 // Fields drop in order: slirp4netns, the namespace's name (and what runs in it), then the
 // process that holds the namespaces.
 pub struct RootlessBubble {
@@ -21,31 +40,18 @@ pub struct RootlessBubble {
 impl RootlessBubble {
     /// Starts the namespaces as [`BUBBLE_USER`] from `host`, and slirp4netns at MTU 65520.
     pub fn start(host: &Netns, prefix: &str) -> RootlessBubble {
-        let user = BUBBLE_USER;
-        // These machines ship /dev/net/tun as 0600; distributions ship 0666, which is what
-        // rootless taps (ours and slirp4netns's) rely on: set the usual mode.
-        std::fs::set_permissions(
-            "/dev/net/tun",
-            std::os::unix::fs::PermissionsExt::from_mode(0o666),
-        )
-        .unwrap();
+        allow_rootless_tun();
         let holder = Proc::spawn(
             "bubble",
-            host.nsenter("setpriv")
-                .args([
-                    &format!("--reuid={user}"),
-                    &format!("--regid={user}"),
-                    "--clear-groups",
-                ])
-                .args([
-                    "unshare",
-                    "--user",
-                    "--map-root-user",
-                    "--net",
-                    "--mount",
-                    "sleep",
-                    "600",
-                ]),
+            host.nsenter("setpriv").args(setpriv_args()).args([
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--net",
+                "--mount",
+                "sleep",
+                "600",
+            ]),
         );
         let pid = holder.pid();
         // `unshare` execs `sleep` only once the namespaces exist.

@@ -1,0 +1,157 @@
+//! Real bubbles on hosts of a LAN, as an unprivileged user: slirp4netns and pasta
+//! uplinks, etcd in the controller, hpk-netd in each, rootless runc containers through
+//! `hpktainer` inside. Containers reach each other across bubbles and the outside; a
+//! node that dies is dropped and replaced; etcd restarts without stopping traffic;
+//! SIGTERM leaves nothing but logs.
+
+mod support;
+
+use std::net::{SocketAddrV4, TcpListener, UdpSocket};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+use testkit::wait_until;
+
+/// Whether `port` is free on `addr` in host `h`'s namespace.
+fn port_free(cluster: &Cluster, h: usize, tcp: bool, port: u16) -> bool {
+    let addr = SocketAddrV4::new(cluster.hosts[h].1, port);
+    testkit::spawn_in(&cluster.hosts[h].0.path(), move || {
+        if tcp {
+            TcpListener::bind(addr).is_ok()
+        } else {
+            UdpSocket::bind(addr).is_ok()
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+fn pids_of(cluster: &Cluster, needle: &str) -> Vec<i32> {
+    cluster
+        .bubble_processes()
+        .iter()
+        .filter(|p| p.contains(needle))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
+    let mut c = Cluster::new(3);
+    c.launch(0, 1, "controller", &["--uplink", "slirp4netns"]);
+    let controller = c.wait_ready(1);
+    assert_eq!(controller["etcd"], "http://192.0.2.11:2379");
+    c.launch(1, 2, "node", &["--uplink", "pasta"]);
+    c.launch(2, 3, "node", &["--uplink", "slirp4netns"]);
+    c.wait_ready(2);
+    c.wait_ready(3);
+    let list =
+        String::from_utf8_lossy(&c.command(0, &["list"]).output().unwrap().stdout).into_owned();
+    assert_eq!(list.lines().count(), 4, "{list}");
+
+    // The overlay MTU follows the host's 1500-byte link, not the uplink's 65520.
+    // (The bubble's /sys is the host's: ask netlink.)
+    let link = c.shell_ok(2, &["ip", "-o", "link", "show", "hpk-bridge"]);
+    assert!(link.contains(" mtu 1450 "), "{link}");
+
+    let web = c.container(3, "web", &["httpd", "-f", "-p", "8080", "-h", "/"]);
+    let a2 = c.container(2, "sleeper", &[]);
+    let busybox_md5 = {
+        let out = std::process::Command::new("md5sum")
+            .arg(c.rootfs.join("bin/busybox"))
+            .output()
+            .unwrap();
+        stdout(&out).split_whitespace().next().unwrap().to_owned()
+    };
+    let script = format!(
+        "ip addr show tap0 | grep -q 'inet 10.244.' && ping -c 2 -W 5 {a2} >/dev/null && \
+         wget -q -O - http://{web}:8080/bin/busybox | md5sum"
+    );
+    let out = c.in_container(1, &script);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).starts_with(&busybox_md5), "{}", stdout(&out));
+
+    // The outside world, through the bubbles' NAT.
+    // (The echo server never closes: busybox nc is ended once the answer is in.)
+    let out = c.in_container(2, "echo hello | nc 198.51.100.2 7777 & sleep 2; kill $!");
+    assert!(
+        stdout(&out).contains("hello"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let peers = c.world.echo_peers.lock().unwrap().clone();
+    assert!(peers.iter().any(|p| p.ip() == c.hosts[1].1), "{peers:?}");
+
+    // etcd killed: the controller restarts it with its data; traffic never stops.
+    let etcd = pids_of(&c, "etcd --name");
+    assert_eq!(etcd.len(), 1, "{:?}", c.bubble_processes());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(etcd[0]), Signal::SIGKILL).unwrap();
+    let out = c.in_container(1, &format!("ping -c 3 -W 5 {a2}"));
+    assert!(out.status.success(), "{}", stdout(&out));
+    wait_until("etcd restarted", Duration::from_secs(20), || {
+        let now = pids_of(&c, "etcd --name");
+        now.len() == 1 && now != etcd
+    });
+    let out = c.in_container(2, &format!("ping -c 1 -W 5 {web}"));
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    // SIGTERM: nothing left but logs.
+    for id in [3, 2, 1] {
+        let (code, err) = c.launcher(id).stop_with(Signal::SIGTERM);
+        assert_eq!(code, Some(0), "bubble {id}: {err}");
+    }
+    assert_eq!(c.bubble_processes(), Vec::<String>::new());
+    for id in 1..=3 {
+        assert!(!c.shared.join(format!("bubble-{id}.json")).exists());
+        assert!(!c.state_dir(id).exists());
+        assert!(c.shared.join(format!("bubble-{id}-netd.log")).exists());
+    }
+    assert!(port_free(&c, 0, true, 2379));
+    for h in 0..3 {
+        assert!(port_free(&c, h, false, 8472));
+    }
+}
+
+#[test]
+fn node_first_then_controller_then_a_killed_node_is_replaced() {
+    let mut c = Cluster::new(3);
+    let ttl = [("HPK_NETD_ETCD_LEASE_TTL", "6")];
+    c.launch_with(1, 2, "node", &["--uplink", "pasta"], &ttl);
+    c.launch_with(2, 3, "node", &["--uplink", "pasta"], &ttl);
+    // The nodes wait; nothing is ready before the controller.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(c.launcher(2).alive() && !c.shared.join("bubble-2.json").exists());
+    c.launch_with(0, 1, "controller", &["--uplink", "pasta"], &ttl);
+    for id in 1..=3 {
+        c.wait_ready(id);
+    }
+    let a3 = c.container(3, "c3", &[]);
+    let out = c.in_container(1, &format!("ping -c 1 -W 5 {a3}"));
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    // Bubble 3's launcher SIGKILLed: its whole bubble dies with it.
+    let record3: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.shared.join("bubble-3.json")).unwrap()).unwrap();
+    let subnet3 = record3["subnet"].as_str().unwrap().to_owned();
+    c.launcher(3).stop_with(Signal::SIGKILL);
+    let state3 = c.state_dir(3).display().to_string();
+    wait_until(
+        "bubble 3's processes to end",
+        Duration::from_secs(10),
+        || pids_of(&c, &state3).is_empty(),
+    );
+    // Its lease expires; the others drop its route.
+    wait_until(
+        "bubble 1 to drop bubble 3's route",
+        Duration::from_secs(40),
+        || !c.shell_ok(1, &["ip", "route"]).contains(&subnet3),
+    );
+    // A new bubble on that node gets a subnet and is reachable.
+    c.launch_with(2, 4, "node", &["--uplink", "slirp4netns"], &ttl);
+    c.wait_ready(4);
+    let a4 = c.container(4, "c4", &[]);
+    let out = c.in_container(1, &format!("ping -c 1 -W 5 {a4}"));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
