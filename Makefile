@@ -12,7 +12,7 @@ help:
 	@echo "make demo      deps + binaries + the main job: sbatch --nodes=3 scripts/hpk.slurm on a simulated Slurm"
 	@echo "make sim       deps + binaries + hosts with hpk-netd and containers, without Slurm or bubbles"
 	@echo "make test      deps + every test (needs root: tests build namespaces)"
-	@echo "make lint      cargo fmt --check and clippy -D warnings"
+	@echo "make lint      cargo fmt --check, clippy -D warnings, shellcheck"
 	@echo "make bench     benchmarks: figures next to a veth pair"
 
 deps:
@@ -40,6 +40,7 @@ test: deps lint
 
 lint:
 	$(CARGO) fmt --all -- --check
+	shellcheck -x --source-path=SCRIPTDIR --severity=warning scripts/*.sh scripts/hpk.slurm scripts/tests/*.sh scripts/bench/*.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: binaries

@@ -29,21 +29,24 @@ for a in sh ip ping sleep cat grep; do ln -s busybox "$rootfs/bin/$a"; done
 cp /usr/bin/iperf3 "$rootfs/bin/"
 for lib in $(ldd /usr/bin/iperf3 | grep -o '/[^ ]*'); do cp --parents -L "$lib" "$rootfs"; done
 chmod -R a+rX "$rootfs"
+chmod 1777 "$rootfs/tmp"   # iperf3 keeps its buffer in a temporary file
 mkdir -p "$dir/job"
 chmod 0777 "$dir/job"
 
 "$sim" up -n 3 -d "$dir/sim" >/dev/null
 
 bps() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100'; }
-rtt() { grep -o 'min/avg/max = [0-9.]*/[0-9.]*' | cut -d/ -f5; }
+# The average of ping's summary line (iputils' "rtt min/avg/max/mdev = ..." or busybox's).
+rtt() { awk -F' = ' '/min\/avg\/max/ { split($2, v, "/"); print v[2] }'; }
 
-printf '%-34s %10s %10s %12s\n' "path" "Gbit/s" "RTT ms" "ready ms"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.3f", a/b; else print "-" }'; }
+printf '%-34s %10s %8s %10s %12s\n' "path" "Gbit/s" "x host" "RTT ms" "ready ms"
 # Host to host on the LAN: the reference.
 nsenter --net="/run/netns/hpksim-h3" iperf3 -s -1 -D -B 192.0.2.13 >/dev/null
 sleep 0.3
 h2h=$(nsenter --net="/run/netns/hpksim-h1" iperf3 -c 192.0.2.13 -t "$secs" -J | bps)
 h2h_rtt=$(nsenter --net="/run/netns/hpksim-h1" ping -c 20 -i 0.05 192.0.2.13 | rtt)
-printf '%-34s %10s %10s %12s\n' "host to host (LAN, veth)" "$h2h" "$h2h_rtt" "-"
+printf '%-34s %10s %8s %10s %12s\n' "host to host (LAN, veth)" "$h2h" "1" "$h2h_rtt" "-"
 
 for uplink in slirp4netns pasta; do
     start=$(date +%s%N)
@@ -62,9 +65,9 @@ for uplink in slirp4netns pasta; do
     before=$(enter 3 ip -j -s link show flannel.1 | jq '.[0].stats64.rx.bytes')
     out=$(enter 1 hpktainer run "$rootfs" sh -c "sleep 0.5; iperf3 -c $addr -t $secs -J; ping -c 20 -i 0.05 $addr")
     after=$(enter 3 ip -j -s link show flannel.1 | jq '.[0].stats64.rx.bytes')
-    gbps=$(echo "$out" | sed -n '/^{/,/^}/p' | bps)
+    gbps=$(echo "$out" | sed -n '/^{/,/^}/p' | bps) || { echo "$out" >&2; exit 1; }
     lat=$(echo "$out" | rtt)
-    printf '%-34s %10s %10s %12s\n' "container to container, $uplink" "$gbps" "$lat" "$ready"
+    printf '%-34s %10s %8s %10s %12s\n' "container to container, $uplink" "$gbps" "$(ratio "$gbps" "$h2h")" "$lat" "$ready"
     # Sanity: the bytes crossed the overlay (bubble 3's vxlan device), not another path.
     moved=$(awk -v g="$gbps" -v s="$secs" 'BEGIN{ printf "%d", g * 1e9 * s / 8 }')
     [ $((after - before)) -ge $((moved / 2)) ] ||
@@ -73,4 +76,4 @@ for uplink in slirp4netns pasta; do
     for _ in $(seq 300); do [ -z "$(in_login squeue -h -j "$job")" ] && ! pgrep -u "$user" -f hpk-bubble >/dev/null && break; sleep 0.05; done
     job=""
 done
-echo "ratio to host to host: see Gbit/s columns (same run); the original waits >= 20 s of fixed sleeps to come up"
+echo "ready: from sbatch to every bubble ready (the original sleeps >= 20 s to come up)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sets variables for the scripts that source it
 # Helpers shared by the benchmark and demo scripts (sourced, not run).
 # Start daemons in the background with `nsenter ... &` directly, never through a shell
 # function: `$!` would then be the function's subshell, and the daemon would outlive cleanup.

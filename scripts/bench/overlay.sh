@@ -46,7 +46,7 @@ start_netd() { # HOST
 
 # 1. Start-up: hpk-netd run until its subnet is ready (subnet.env written).
 ready=()
-for i in $(seq "$starts"); do
+for _ in $(seq "$starts"); do
     rm -f "$dir/h2/subnet.env"
     t=$(date +%s%N)
     pid=$(start_netd 2)
