@@ -58,6 +58,19 @@ pub enum BubbleRuntime {
     Unshare,
 }
 
+/// Shown as on the command line (`controller`, `pasta`, ...).
+macro_rules! display_as_value {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let value = self.to_possible_value().expect("no skipped variants");
+                f.write_str(value.get_name())
+            }
+        }
+    )*};
+}
+display_as_value!(Role, UplinkKind);
+
 #[derive(Debug, Args)]
 pub struct SharedDirArg {
     /// Directory every node sees (records, logs, kubeconfig): the job's submit directory.

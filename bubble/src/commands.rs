@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use hpk_netd::sys::process::ProcId;
 
-use crate::cli::{ListArgs, Role, WaitArgs};
+use crate::cli::{ListArgs, WaitArgs};
 use crate::record::{self, SharedDir};
 
 /// Waits for bubble ID's record; with `--watch PID`, fails as soon as PID exits (its
@@ -45,18 +45,14 @@ pub fn list(args: ListArgs) -> Result<()> {
         "ID", "ROLE", "HOST", "ADDRESS", "SUBNET", "UPLINK"
     );
     for r in records {
-        let role = match r.role {
-            Role::Controller => "controller",
-            Role::Node => "node",
-        };
         println!(
             "{:<4} {:<11} {:<16} {:<16} {:<18} {:<12} {}",
             r.id,
-            role,
+            r.role.to_string(),
             r.host,
             r.host_ip.to_string(),
             r.subnet,
-            format!("{:?}", r.uplink).to_lowercase(),
+            r.uplink.to_string(),
             r.init.pid
         );
     }

@@ -29,7 +29,11 @@ pub fn run(args: ShellArgs) -> Result<()> {
         );
     }
     if !record.init.alive() {
-        bail!("bubble {} has stopped (its record is stale)", args.id);
+        bail!(
+            "bubble {} has stopped (its record {} is stale): start it again, or remove the record",
+            args.id,
+            shared.record_path(args.id).display()
+        );
     }
     let mut cmd = Command::new(tools::require("nsenter", "util-linux")?);
     cmd.arg("-t")

@@ -6,7 +6,6 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
 use anyhow::{bail, Context, Result};
 use hpk_netd::sys::netlink::Netlink;
-use serde::{Deserialize, Serialize};
 
 /// The host's link towards the other nodes.
 #[derive(Clone, Debug)]
@@ -56,8 +55,7 @@ pub fn host_link(explicit: Option<Ipv4Addr>) -> Result<HostLink> {
     })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -73,12 +71,11 @@ impl fmt::Display for Proto {
 }
 
 /// A host port forwarded into the bubble (same port number inside).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Forward {
     pub proto: Proto,
     pub port: u16,
     /// What it is for, and how to choose another port.
-    #[serde(skip)]
     pub purpose: &'static str,
 }
 

@@ -80,12 +80,9 @@ pub fn run(args: StartArgs) -> Result<()> {
     };
     let record = running.bring_up(&node, &plan, &args, &mut signals)?;
     println!(
-        "bubble {} ready: {} on {} ({}), subnet {}, uplink {:?}; enter it with: hpk-bubble shell {} --shared-dir {}",
+        "bubble {} ready: {} on {} ({}), subnet {}, uplink {}; enter it with: hpk-bubble shell {} --shared-dir {}",
         record.id,
-        match record.role {
-            Role::Controller => "controller",
-            Role::Node => "node",
-        },
+        record.role,
         record.host,
         record.host_ip,
         record.subnet,

@@ -7,9 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use super::k3s::{self, K3sPlan};
 use super::Plan;
@@ -133,26 +131,7 @@ impl Services {
     /// Stops the services, last started first.
     pub fn stop_all(&mut self) {
         for r in self.running.iter_mut().rev() {
-            let pid = Pid::from_raw(r.service.pid());
-            let gone = |pid| {
-                !matches!(
-                    waitpid(pid, Some(WaitPidFlag::WNOHANG)),
-                    Ok(WaitStatus::StillAlive)
-                )
-            };
-            if gone(pid) {
-                continue;
-            }
-            let _ = kill(pid, Signal::SIGTERM);
-            let end = Instant::now() + STOP_GRACE;
-            while Instant::now() < end && !gone(pid) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !gone(pid) {
-                tracing::warn!(service = r.spec.what, "did not stop in time; killed");
-                let _ = kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
-            }
+            r.service.stop(STOP_GRACE);
         }
         self.running.clear();
     }
