@@ -82,6 +82,24 @@ pub struct Status {
     /// Other nodes' subnets this bubble routes to.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// Where vxlan meets the host's network, when the built-in agent is the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<UnderlayStatus>,
+}
+
+/// The local VTEP: flannel's kernel device, or hpk-netd's own on a host socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayStatus {
+    /// `kernel` or `host-socket`.
+    pub kind: String,
+    /// The overlay device (`flannel.1`).
+    pub device: String,
+    /// The host socket's address (host-socket only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    /// Datagrams, frames, bytes and drops by reason (host-socket only).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::proto::Status;
+use crate::proto::{Status, UnderlayStatus};
 
 /// `hpk-netd status` as a table: the bubble, its lease and peers, then one line per
 /// endpoint. `hpktainer status` prints the same. (Writes to a String cannot fail.)
@@ -40,6 +40,9 @@ pub fn table(s: &Status) -> String {
             remaining(lease.expires, now)
         )
         .unwrap();
+    }
+    if let Some(u) = &s.underlay {
+        writeln!(out, "underlay    {}", underlay(u)).unwrap();
     }
     for p in &s.peers {
         let expires = p
@@ -84,6 +87,31 @@ fn remaining(at: u64, now: u64) -> String {
     format!("{}h{:02}m{:02}s", left / 3600, left % 3600 / 60, left % 60)
 }
 
+/// `kernel vxlan on flannel.1`, or the host socket with traffic and drops.
+fn underlay(u: &UnderlayStatus) -> String {
+    let Some(local) = &u.local else {
+        return format!("{} vxlan on {}", u.kind, u.device);
+    };
+    let c = |k: &str| u.counters.get(k).copied().unwrap_or(0);
+    let drops: Vec<String> = u
+        .counters
+        .iter()
+        .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
+        .map(|(k, v)| format!("{} {v}", k.trim_start_matches("drop_").replace('_', " ")))
+        .collect();
+    format!(
+        "userspace vxlan on {} via host socket {local}: sent {} datagrams, received {}, dropped {}",
+        u.device,
+        c("tx_datagrams"),
+        c("rx_datagrams"),
+        if drops.is_empty() {
+            "none".to_owned()
+        } else {
+            drops.join(", ")
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,7 +144,23 @@ mod tests {
                 expires: None,
             },
         ];
+        status.underlay = Some(UnderlayStatus {
+            kind: "host-socket".into(),
+            device: "flannel.1".into(),
+            local: Some("192.0.2.11:8472".into()),
+            counters: [
+                ("tx_datagrams", 5),
+                ("rx_datagrams", 7),
+                ("drop_wrong_vni", 2),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        });
         let text = table(&status);
+        assert!(text.contains(
+            "underlay    userspace vxlan on flannel.1 via host socket 192.0.2.11:8472: sent 5 datagrams, received 7, dropped wrong vni 2\n"
+        ));
         assert!(text.contains("lease       10.244.3.0/24 for 192.0.2.11, expires in "));
         assert!(text.contains(
             "peer        10.244.7.0/24 via 192.0.2.12 (02:00:00:00:00:07), lease expires in 0h00m00s\n"

@@ -9,6 +9,7 @@
 //! The modules are layered; each uses only those listed before it:
 //! - [`sys`]: the kernel and the OS behind small safe types.
 //! - [`datapath`]: moving frames (hpk-net-daemon).
+//! - [`underlay`]: flannel's vxlan in userspace on a host socket handed into the bubble.
 //! - [`subnet`]: where the bubble's subnet comes from (subnet.env, etcd agent).
 //! - [`bubble`]: the bridge, forwarding, NAT rules, address allocation.
 //! - [`endpoint`]: each container's endpoint, its forwarder, records and supervision.
@@ -17,6 +18,8 @@
 pub mod sys;
 
 pub mod datapath;
+
+pub mod underlay;
 
 pub mod subnet;
 

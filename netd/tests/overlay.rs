@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use testkit::cluster::{Cluster, Host, Site, ETCD_PREFIX, NETWORK_CONFIG};
+use testkit::cluster::{flanneld_node, Cluster, Host, Site, ETCD_PREFIX, NETWORK_CONFIG};
 use testkit::etcd::Etcd;
 use testkit::netd::Netd;
 use testkit::runc::Container;
@@ -109,111 +109,12 @@ fn containers_on_three_hosts_reach_each_other() {
     }
 }
 
-/// Sets up `ns` the way a real flanneld node would be: flannel.1, its lease in etcd with a
-/// TTL, a pod bridge, and routes to the other leases; returns the bridge's address.
-fn flanneld_fixture(etcd: &Etcd, ns: &Netns, addr: Ipv4Addr) -> Ipv4Addr {
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &addr.to_string(),
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    ns.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
-    ns.ip(&["addr", "add", "10.244.200.0/32", "dev", "flannel.1"]);
-    ns.ip(&["link", "add", "cni0", "type", "bridge"]);
-    ns.ip(&["addr", "add", "10.244.200.1/24", "dev", "cni0"]);
-    ns.ip(&["link", "set", "cni0", "up"]);
-    let mac = ns.link_json("flannel.1").unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let grant = etcd.ctl(&["lease", "grant", "600"]);
-    let lease_id = String::from_utf8_lossy(&grant.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let value = format!(
-        r#"{{"PublicIP":"{addr}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
-    );
-    let out = etcd.ctl(&[
-        "put",
-        "--lease",
-        &lease_id,
-        &format!("{PREFIX}/subnets/10.244.200.0-24"),
-        &value,
-    ]);
-    assert!(out.status.success());
-    // What flanneld does for every other lease, parsed with flanneld's field names.
-    for (key, value) in etcd.get_prefix(&format!("{PREFIX}/subnets/")) {
-        let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
-        if subnet == "10.244.200.0/24" {
-            continue;
-        }
-        let lease: serde_json::Value =
-            serde_json::from_str(&value).expect("our lease is JSON flanneld reads");
-        assert_eq!(lease["BackendType"], "vxlan");
-        assert!(lease["PublicIPv6"].is_null());
-        let (public, vtep_mac) = (
-            lease["PublicIP"].as_str().unwrap(),
-            lease["BackendData"]["VtepMAC"].as_str().unwrap(),
-        );
-        assert_eq!(lease["BackendData"]["VNI"], 1);
-        let vtep = subnet.split('/').next().unwrap();
-        ns.ip(&[
-            "neigh",
-            "replace",
-            vtep,
-            "lladdr",
-            vtep_mac,
-            "dev",
-            "flannel.1",
-            "nud",
-            "permanent",
-        ]);
-        run(Command::new("bridge").args([
-            "-n",
-            &ns.name,
-            "fdb",
-            "replace",
-            vtep_mac,
-            "dev",
-            "flannel.1",
-            "dst",
-            public,
-            "self",
-            "permanent",
-        ]));
-        ns.ip(&[
-            "route",
-            "replace",
-            &subnet,
-            "via",
-            vtep,
-            "dev",
-            "flannel.1",
-            "onlink",
-        ]);
-    }
-    Ipv4Addr::new(10, 244, 200, 1)
-}
-
 #[test]
 fn coexists_with_a_flanneld_node() {
     let mut cl = Cluster::new(2);
     cl.hosts[0].start_netd_etcd(&cl.etcd, &[]);
     let (c, _) = cl.hosts[0].container("ours");
-    let fixture = flanneld_fixture(&cl.etcd, &cl.hosts[1].ns, cl.hosts[1].addr);
+    let fixture = flanneld_node(&cl.etcd, &cl.hosts[1].ns, cl.hosts[1].addr);
     wait_until(
         "a route to the flanneld node",
         Duration::from_secs(10),

@@ -47,6 +47,7 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, subnet: Ipv4Net, mtu: u32) -
             mtu: Some(mtu),
             up: true,
             master: None,
+            address: None,
         },
     )
     .with_context(|| format!("cannot set MTU {mtu} and bring {name:?} up"))?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::config::{Config, Masquerade, SourceKind};
+use super::config::{Config, Masquerade, SourceKind, UnderlayKind};
 
 /// Flags override the config file; each also reads an HPK_NETD_* variable.
 #[derive(Debug, Args)]
@@ -88,6 +88,13 @@ pub struct RunArgs {
     /// behind slirp4netns or pasta): the overlay MTU is this minus 50 (source etcd).
     #[arg(long, env = "HPK_NETD_UNDERLAY_MTU", value_name = "BYTES")]
     underlay_mtu: Option<u32>,
+    /// Where vxlan meets the host's network: flannel's kernel device, or hpk-netd's own
+    /// VTEP on the host socket a bubble's launcher serves (source etcd).
+    #[arg(long, env = "HPK_NETD_UNDERLAY", value_enum)]
+    underlay: Option<UnderlayKind>,
+    /// UNIX socket the launcher serves the host's UDP socket on (source etcd).
+    #[arg(long, env = "HPK_NETD_UNDERLAY_SOCKET", value_name = "PATH")]
+    underlay_socket: Option<String>,
 }
 
 impl RunArgs {
@@ -122,6 +129,8 @@ impl RunArgs {
         set!(subnet.etcd.lease_ttl <- self.etcd_lease_ttl);
         set!(subnet.etcd.ip_masq <- self.ip_masq);
         set!(subnet.etcd.underlay_mtu <- self.underlay_mtu);
+        set!(subnet.etcd.underlay <- self.underlay);
+        set!(subnet.etcd.underlay_socket <- self.underlay_socket);
         c.validate()?;
         Ok(c)
     }

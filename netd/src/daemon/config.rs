@@ -41,6 +41,19 @@ pub enum SourceKind {
     Etcd,
 }
 
+/// Where the agent's vxlan meets the host's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnderlayKind {
+    /// host-socket when a socket is served at underlay_socket, else kernel.
+    #[default]
+    Auto,
+    /// flannel's kernel vxlan device on the uplink.
+    Kernel,
+    /// hpk-netd's own VTEP on a UDP socket of the host, fetched from underlay_socket.
+    HostSocket,
+}
+
 /// The built-in agent's settings (`[subnet.etcd]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +73,9 @@ pub struct EtcdConfig {
     pub ip_masq: bool,
     /// MTU of the link vxlan really leaves the host on; 0: the uplink's own MTU.
     pub underlay_mtu: u32,
+    pub underlay: UnderlayKind,
+    /// UNIX socket where the bubble's launcher serves the host's UDP socket.
+    pub underlay_socket: String,
 }
 
 impl Default for EtcdConfig {
@@ -75,6 +91,8 @@ impl Default for EtcdConfig {
             lease_ttl: 86400,
             ip_masq: true,
             underlay_mtu: 0,
+            underlay: UnderlayKind::Auto,
+            underlay_socket: String::new(),
         }
     }
 }
@@ -104,6 +122,14 @@ impl EtcdConfig {
         if !self.cert_file.is_empty() && self.ca_file.is_empty() {
             bail!("subnet.etcd.cert_file needs ca_file (TLS)");
         }
+        let underlay_socket = match (self.underlay, self.underlay_socket.as_str()) {
+            (UnderlayKind::Kernel, _) | (UnderlayKind::Auto, "") => None,
+            (UnderlayKind::HostSocket, "") => bail!(
+                "subnet.etcd.underlay is host-socket but underlay_socket is empty: name the \
+                 UNIX socket the launcher serves the host's UDP socket on"
+            ),
+            (_, path) => Some(PathBuf::from(path)),
+        };
         Ok(crate::subnet::etcd::AgentConfig {
             endpoints: self.endpoints.clone(),
             prefix: self.prefix.clone(),
@@ -122,6 +148,7 @@ impl EtcdConfig {
             lease_ttl: std::time::Duration::from_secs(self.lease_ttl),
             ip_masq: self.ip_masq,
             underlay_mtu: (self.underlay_mtu != 0).then_some(self.underlay_mtu),
+            underlay_socket,
             subnet_file: subnet_file.to_path_buf(),
         })
     }

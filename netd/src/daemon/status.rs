@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use hpk_hook::proto::{EndpointStatus, LeaseStatus, PeerStatus, Status};
+use hpk_hook::proto::{EndpointStatus, LeaseStatus, PeerStatus, Status, UnderlayStatus};
 
 use super::Daemon;
 use crate::endpoint::store::Record;
 use crate::subnet::etcd::lease::format_mac;
+use crate::subnet::etcd::vxlan::Vtep;
 use crate::subnet::etcd::SharedOverlay;
 use crate::sys::netlink::{LinkSummary, Netlink};
 
@@ -25,6 +26,7 @@ pub fn status(daemon: &Daemon) -> Status {
         .collect();
     endpoints.sort_by_key(|e| e.address);
     let (lease, peers) = daemon.overlay.as_ref().map(overlay).unwrap_or_default();
+    let underlay = daemon.overlay.as_ref().and_then(underlay);
     let ipam = daemon.endpoints.ipam();
     Status {
         source: daemon.source.clone(),
@@ -39,6 +41,7 @@ pub fn status(daemon: &Daemon) -> Status {
         endpoints,
         lease,
         peers,
+        underlay,
     }
 }
 
@@ -84,4 +87,22 @@ fn overlay(overlay: &SharedOverlay) -> (Option<LeaseStatus>, Vec<PeerStatus>) {
         })
         .collect();
     (lease, peers)
+}
+
+fn underlay(overlay: &SharedOverlay) -> Option<UnderlayStatus> {
+    let vtep = overlay.lock().unwrap().vtep.clone()?;
+    Some(match &*vtep {
+        Vtep::Kernel(dev) => UnderlayStatus {
+            kind: "kernel".into(),
+            device: dev.name.clone(),
+            local: None,
+            counters: BTreeMap::new(),
+        },
+        Vtep::Userspace(dev, u) => UnderlayStatus {
+            kind: "host-socket".into(),
+            device: dev.name.clone(),
+            local: Some(u.local.to_string()),
+            counters: u.counters.snapshot(),
+        },
+    })
 }

@@ -27,6 +27,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 pub struct LinkChange {
     pub mtu: Option<u32>,
     pub up: bool,
+    /// A new MAC address.
+    pub address: Option<[u8; 6]>,
     /// Index of the bridge to enslave the link to.
     pub master: Option<u32>,
 }
@@ -118,6 +120,9 @@ impl Netlink {
         if let Some(mtu) = change.mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        if let Some(mac) = change.address {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         if let Some(master) = change.master {
             msg.attributes.push(LinkAttribute::Controller(master));
         }
@@ -142,6 +147,7 @@ impl Netlink {
                 mtu: Some(mtu),
                 master,
                 up: false,
+                address: None,
             },
         )
         .map_err(|e| match e.raw_os_error() {
@@ -177,6 +183,8 @@ pub struct LinkSummary {
     pub name: String,
     pub mtu: u32,
     pub stats: LinkStats,
+    /// A tun or tap: a userspace program's link (slirp4netns, pasta), not a real one.
+    pub is_tun: bool,
 }
 
 fn summarize(link: LinkMessage) -> LinkSummary {
@@ -185,11 +193,17 @@ fn summarize(link: LinkMessage) -> LinkSummary {
         name: String::new(),
         mtu: 0,
         stats: LinkStats::default(),
+        is_tun: false,
     };
     for attr in link.attributes {
         match attr {
             LinkAttribute::IfName(n) => out.name = n,
             LinkAttribute::Mtu(m) => out.mtu = m,
+            LinkAttribute::LinkInfo(infos) => {
+                out.is_tun = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun)));
+            }
             LinkAttribute::Stats64(s) => {
                 out.stats = LinkStats {
                     rx_packets: s.rx_packets,

@@ -279,6 +279,23 @@ impl Tap {
         Err(self.ioctl_error("TUNSETOFFLOAD"))
     }
 
+    /// Offers exactly the offloads in `bits` (TUN_F_*), for a reader that handles only
+    /// some kinds of GSO frames.
+    pub fn set_offload_bits(&self, bits: libc::c_uint) -> Result<(), TapError> {
+        // SAFETY: TUNSETOFFLOAD takes the flag word by value.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                bits as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(self.ioctl_error("TUNSETOFFLOAD"));
+        }
+        Ok(())
+    }
+
     fn ioctl_error(&self, what: &'static str) -> TapError {
         TapError::Ioctl {
             what,

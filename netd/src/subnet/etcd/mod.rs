@@ -26,12 +26,13 @@ use self::lease::{lease_value, Peer};
 use self::lease_manager::LeaseManager;
 use self::masq::flannel_chains;
 use self::registry::Registry;
-use self::vxlan::{DeviceSpec, VXLAN_OVERHEAD};
+use self::vxlan::{Device, DeviceSpec, SharedVtep, Vtep, VXLAN_OVERHEAD};
 use self::vxlan_network::VxlanNetwork;
 use crate::subnet::{SubnetEnv, SubnetSource};
 use crate::sys::firewall::Firewall;
 use crate::sys::fs::write_atomically;
 use crate::sys::netlink::Netlink;
+use crate::underlay;
 
 /// How the agent reaches etcd and presents this node.
 #[derive(Clone, Debug)]
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     /// (a bubble's slirp4netns or pasta tap at 65520): vxlan must fit the real link, or
     /// every datagram fragments on the LAN.
     pub underlay_mtu: Option<u32>,
+    /// Where the launcher serves a UDP socket of the host's network: the VTEP is then
+    /// hpk-netd itself on that socket. `None`: flannel's kernel vxlan device.
+    pub underlay_socket: Option<PathBuf>,
     /// Where subnet.env is written.
     pub subnet_file: PathBuf,
 }
@@ -65,6 +69,8 @@ pub struct Overlay {
     /// When each peer's lease runs out (seconds since the epoch), refreshed at each
     /// re-list and lease event.
     pub peer_expiry: BTreeMap<Ipv4Net, u64>,
+    /// The local VTEP, once it exists.
+    pub vtep: Option<SharedVtep>,
 }
 
 pub type SharedOverlay = Arc<Mutex<Overlay>>;
@@ -99,8 +105,17 @@ struct Agent {
     network: VxlanNetwork,
 }
 
-/// The uplink (index, MTU) and the public address.
-fn uplink(cfg: &AgentConfig) -> Result<(u32, u32, Ipv4Addr)> {
+/// The link vxlan leaves this namespace on.
+struct Uplink {
+    index: u32,
+    mtu: u32,
+    /// slirp4netns' or pasta's tap: its MTU says nothing about the real link.
+    is_tun: bool,
+    public_ip: Ipv4Addr,
+}
+
+/// The uplink and the public address.
+fn uplink(cfg: &AgentConfig) -> Result<Uplink> {
     let mut nl = Netlink::open()?;
     let links = nl.links()?;
     let by_addr = |nl: &mut Netlink, ip: Ipv4Addr| -> Result<Option<u32>> {
@@ -143,7 +158,37 @@ fn uplink(cfg: &AgentConfig) -> Result<(u32, u32, Ipv4Addr)> {
             .map(|(a, _)| *a)
             .ok_or_else(|| anyhow!("uplink {} has no IPv4 address: set --public-ip", link.name))?,
     };
-    Ok((index, link.mtu, public_ip))
+    Ok(Uplink {
+        index,
+        mtu: link.mtu,
+        is_tun: link.is_tun,
+        public_ip,
+    })
+}
+
+/// MTU of the link vxlan really leaves the host on: configured, or the uplink's unless
+/// that is a userspace program's tap (65520 would make every datagram ~45 fragments).
+fn underlay_mtu(cfg: &AgentConfig, uplink: Option<&Uplink>) -> u32 {
+    if let Some(mtu) = cfg.underlay_mtu {
+        return mtu;
+    }
+    match uplink {
+        Some(u) if !u.is_tun => u.mtu,
+        _ => {
+            warn!(
+                "the host link's MTU is not visible from here (uplink is a tap, or the \
+                 underlay is a host socket): assuming 1500; set --underlay-mtu"
+            );
+            1500
+        }
+    }
+}
+
+/// The host socket, fetched from the launcher.
+async fn host_socket(path: &std::path::Path) -> Result<std::net::UdpSocket> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || underlay::handover::receive(&path, Duration::from_secs(10)))
+        .await?
 }
 
 /// The subnet flanneld (or we) had before, from an existing subnet.env.
@@ -259,24 +304,86 @@ impl SubnetSource for EtcdSource {
 }
 
 impl EtcdSource {
+    /// flannel's kernel device on the uplink, and the address to publish.
+    async fn kernel_vtep(
+        &self,
+        vni: u32,
+        port: u16,
+        net_mtu: Option<u32>,
+    ) -> Result<(SharedVtep, Ipv4Addr)> {
+        let cfg = self.cfg.clone();
+        let up = tokio::task::spawn_blocking(move || uplink(&cfg)).await??;
+        let mtu = net_mtu.unwrap_or(underlay_mtu(&self.cfg, Some(&up)) - VXLAN_OVERHEAD);
+        let spec = DeviceSpec {
+            vni,
+            local: up.public_ip,
+            uplink: up.index,
+            port,
+            mtu,
+        };
+        let device = tokio::task::spawn_blocking(move || vxlan::ensure_device(&spec)).await??;
+        info!(device = device.name, "underlay: kernel vxlan");
+        Ok((Arc::new(Vtep::Kernel(device)), up.public_ip))
+    }
+
+    /// Our own VTEP on the host socket served at `path`, and the address to publish.
+    async fn userspace_vtep(
+        &self,
+        path: &std::path::Path,
+        vni: u32,
+        port: u16,
+        net_mtu: Option<u32>,
+    ) -> Result<(SharedVtep, Ipv4Addr)> {
+        let socket = host_socket(path).await?;
+        let local = underlay::handover::local_addr(&socket)?;
+        if local.port() != port {
+            bail!(
+                "the host socket is bound to port {}, but the network's vxlan port is {port}: \
+                 the launcher must bind the port of the network config (Backend.Port)",
+                local.port()
+            );
+        }
+        let public_ip = match (self.cfg.public_ip, *local.ip()) {
+            (Some(ip), _) => ip,
+            (None, ip) if !ip.is_unspecified() => ip,
+            (None, _) => bail!(
+                "the host socket is bound to {local}, which names no address to publish: set --public-ip"
+            ),
+        };
+        let cfg = self.cfg.clone();
+        let up = tokio::task::spawn_blocking(move || uplink(&cfg).ok()).await?;
+        let mtu = net_mtu.unwrap_or(underlay_mtu(&self.cfg, up.as_ref()) - VXLAN_OVERHEAD);
+        let name = format!("flannel.{vni}");
+        let mac = underlay::device::vtep_mac(public_ip);
+        let dev_name = name.clone();
+        let (vtep, index) = tokio::task::spawn_blocking(move || {
+            underlay::start(&dev_name, mac, mtu, socket, vni, port)
+        })
+        .await??;
+        let device = Device {
+            name,
+            index,
+            mac,
+            mtu,
+        };
+        info!(device = device.name, local = %local, "underlay: userspace vxlan on the host socket");
+        Ok((Arc::new(Vtep::Userspace(device, vtep)), public_ip))
+    }
+
     /// Connects, leases a subnet, builds the vxlan device and routes, writes subnet.env,
     /// and leaves the agent running in the background.
     async fn start(&mut self) -> Result<SubnetEnv> {
         let mut registry = Registry::connect(&self.cfg).await;
         let net = registry.network_config().await?;
-        let cfg = self.cfg.clone();
-        let (uplink_index, uplink_mtu, public_ip) =
-            tokio::task::spawn_blocking(move || uplink(&cfg)).await??;
-        let underlay = self.cfg.underlay_mtu.unwrap_or(uplink_mtu);
-        let mtu = net.mtu.unwrap_or(underlay.saturating_sub(VXLAN_OVERHEAD));
-        let spec = DeviceSpec {
-            vni: net.vni,
-            local: public_ip,
-            uplink: uplink_index,
-            port: net.port,
-            mtu,
+        let (vtep, public_ip) = match &self.cfg.underlay_socket {
+            Some(path) => {
+                self.userspace_vtep(path, net.vni, net.port, net.mtu)
+                    .await?
+            }
+            None => self.kernel_vtep(net.vni, net.port, net.mtu).await?,
         };
-        let device = tokio::task::spawn_blocking(move || vxlan::ensure_device(&spec)).await??;
+        let device = vtep.device().clone();
+        self.overlay.lock().unwrap().vtep = Some(vtep.clone());
         registry.set_own_value(lease_value(public_ip, net.vni, device.mac));
         let mut leases = LeaseManager::new(
             registry,
@@ -291,7 +398,7 @@ impl EtcdSource {
         let subnet = leases.subnet;
         let dev = device.clone();
         tokio::task::spawn_blocking(move || vxlan::set_device_address(&dev, subnet)).await??;
-        let network = VxlanNetwork::new(device, self.overlay.clone());
+        let network = VxlanNetwork::new(vtep, self.overlay.clone());
         let peers = leases.peers(&entries);
         network
             .converge(peers.iter().map(|(p, _)| p.clone()).collect())
@@ -308,11 +415,11 @@ impl EtcdSource {
             network: net.network,
             subnet,
             gateway: subnet.hosts().next().expect("subnets have hosts"),
-            mtu: network.device.mtu,
+            mtu: device.mtu,
             ipmasq: self.cfg.ip_masq,
         };
         write_atomically(&self.cfg.subnet_file, env.render().as_bytes(), 0o644, false)?;
-        info!(subnet = %subnet, public_ip = %public_ip, device = network.device.name, "overlay ready");
+        info!(subnet = %subnet, public_ip = %public_ip, device = device.name, "overlay ready");
         tokio::spawn(Agent { leases, network }.run(peers, revision));
         Ok(env)
     }

@@ -1,8 +1,10 @@
 //! flannel's vxlan backend on netlink: the `flannel.<VNI>` device, and per remote lease a
-//! neighbour, an FDB entry and a route, installed and removed as flanneld does.
+//! neighbour, an FDB entry and a route, installed and removed as flanneld does. The
+//! device is the kernel's vxlan, or a tap whose VTEP is hpk-netd itself ([`Vtep`]).
 //! Blocking: runs on worker threads.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
@@ -19,6 +21,7 @@ use tracing::{info, warn};
 
 use super::lease::{format_mac, Peer};
 use crate::sys::netlink::{LinkChange, Netlink};
+use crate::underlay::Userspace;
 
 /// vxlan header overhead flannel subtracts from the uplink MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -135,6 +138,7 @@ pub fn ensure_device(spec: &DeviceSpec) -> Result<Device> {
             mtu: Some(spec.mtu),
             up: true,
             master: None,
+            address: None,
         },
     )
     .with_context(|| format!("cannot set MTU {} and bring {name} up", spec.mtu))?;
@@ -193,8 +197,52 @@ fn neighbour(
     msg
 }
 
-/// Routes `peer`'s subnet through the overlay: neighbour, FDB entry, route (replaced).
-pub fn add_peer(dev: &Device, peer: &Peer) -> Result<()> {
+/// The local VTEP: where the FDB lives decides what a peer needs.
+#[derive(Debug)]
+pub enum Vtep {
+    /// flannel's kernel vxlan device, its socket in this namespace.
+    Kernel(Device),
+    /// A tap and hpk-netd's own VTEP on a socket of the host's network.
+    Userspace(Device, Userspace),
+}
+
+impl Vtep {
+    pub fn device(&self) -> &Device {
+        match self {
+            Vtep::Kernel(d) | Vtep::Userspace(d, _) => d,
+        }
+    }
+
+    /// Routes `peer`'s subnet through the overlay (replacing what was there).
+    pub fn add_peer(&self, peer: &Peer) -> Result<()> {
+        match self {
+            Vtep::Kernel(dev) => route_peer(dev, peer, true),
+            Vtep::Userspace(dev, u) => {
+                u.peers.insert(peer.vtep_mac, peer.public_ip);
+                route_peer(dev, peer, false)
+            }
+        }
+    }
+
+    /// Removes what [`Vtep::add_peer`] installed; each entry is attempted even if
+    /// another fails.
+    pub fn remove_peer(&self, peer: &Peer) -> Result<()> {
+        match self {
+            Vtep::Kernel(dev) => unroute_peer(dev, peer, true),
+            Vtep::Userspace(dev, u) => {
+                let r = unroute_peer(dev, peer, false);
+                u.peers.remove(peer.vtep_mac);
+                r
+            }
+        }
+    }
+}
+
+/// Shared between the network and status.
+pub type SharedVtep = Arc<Vtep>;
+
+/// Neighbour, FDB entry (kernel device only: the userspace VTEP keeps its own), route.
+fn route_peer(dev: &Device, peer: &Peer, fdb: bool) -> Result<()> {
     let mut nl = Netlink::open()?;
     let vtep = peer.subnet.network();
     let mac = format_mac(peer.vtep_mac);
@@ -209,17 +257,19 @@ pub fn add_peer(dev: &Device, peer: &Peer) -> Result<()> {
         NLM_F_CREATE | NLM_F_REPLACE,
     )
     .with_context(|| format!("neighbour {vtep} lladdr {mac} on {}", dev.name))?;
-    nl.execute(
-        RouteNetlinkMessage::NewNeighbour(neighbour(
-            dev,
-            AddressFamily::Bridge,
-            peer.public_ip,
-            peer.vtep_mac,
-            true,
-        )),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
-    .with_context(|| format!("fdb {mac} dst {} on {}", peer.public_ip, dev.name))?;
+    if fdb {
+        nl.execute(
+            RouteNetlinkMessage::NewNeighbour(neighbour(
+                dev,
+                AddressFamily::Bridge,
+                peer.public_ip,
+                peer.vtep_mac,
+                true,
+            )),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .with_context(|| format!("fdb {mac} dst {} on {}", peer.public_ip, dev.name))?;
+    }
     nl.replace_ipv4_route(
         peer.subnet.network(),
         peer.subnet.prefix_len(),
@@ -229,8 +279,7 @@ pub fn add_peer(dev: &Device, peer: &Peer) -> Result<()> {
     )
 }
 
-/// Removes what [`add_peer`] installed; each entry is attempted even if another fails.
-pub fn remove_peer(dev: &Device, peer: &Peer) -> Result<()> {
+fn unroute_peer(dev: &Device, peer: &Peer, fdb: bool) -> Result<()> {
     let mut nl = Netlink::open()?;
     let vtep = peer.subnet.network();
     let gone = |r: std::io::Result<()>| match r {
@@ -248,16 +297,20 @@ pub fn remove_peer(dev: &Device, peer: &Peer) -> Result<()> {
         )),
         0,
     ));
-    let fdb = gone(nl.execute(
-        RouteNetlinkMessage::DelNeighbour(neighbour(
-            dev,
-            AddressFamily::Bridge,
-            peer.public_ip,
-            peer.vtep_mac,
-            true,
-        )),
-        0,
-    ));
+    let fdb = if fdb {
+        gone(nl.execute(
+            RouteNetlinkMessage::DelNeighbour(neighbour(
+                dev,
+                AddressFamily::Bridge,
+                peer.public_ip,
+                peer.vtep_mac,
+                true,
+            )),
+            0,
+        ))
+    } else {
+        Ok(())
+    };
     route?;
     neigh.with_context(|| format!("neighbour {vtep} on {}", dev.name))?;
     fdb.with_context(|| format!("fdb entry for {} on {}", peer.public_ip, dev.name))

@@ -7,18 +7,18 @@ use ipnet::Ipv4Net;
 use tracing::{error, info, warn};
 
 use super::lease::Peer;
-use super::vxlan::{self, Device};
+use super::vxlan::SharedVtep;
 use super::SharedOverlay;
 
 pub(crate) struct VxlanNetwork {
-    pub device: Device,
+    pub vtep: SharedVtep,
     /// The peers routed to, shared with status.
     overlay: SharedOverlay,
 }
 
 impl VxlanNetwork {
-    pub fn new(device: Device, overlay: SharedOverlay) -> VxlanNetwork {
-        VxlanNetwork { device, overlay }
+    pub fn new(vtep: SharedVtep, overlay: SharedOverlay) -> VxlanNetwork {
+        VxlanNetwork { vtep, overlay }
     }
 
     /// Routes to `peer` (a new one, or one whose lease changed).
@@ -33,8 +33,8 @@ impl VxlanNetwork {
         if existing.as_ref() == Some(&peer) {
             return;
         }
-        let (dev, p) = (self.device.clone(), peer.clone());
-        match tokio::task::spawn_blocking(move || vxlan::add_peer(&dev, &p)).await {
+        let (vtep, p) = (self.vtep.clone(), peer.clone());
+        match tokio::task::spawn_blocking(move || vtep.add_peer(&p)).await {
             Ok(Ok(())) => {
                 info!(subnet = %peer.subnet, public_ip = %peer.public_ip, "peer added");
                 self.overlay.lock().unwrap().peers.insert(peer.subnet, peer);
@@ -56,9 +56,8 @@ impl VxlanNetwork {
         let Some(peer) = peer else {
             return;
         };
-        let dev = self.device.clone();
-        let p = peer.clone();
-        match tokio::task::spawn_blocking(move || vxlan::remove_peer(&dev, &p)).await {
+        let (vtep, p) = (self.vtep.clone(), peer.clone());
+        match tokio::task::spawn_blocking(move || vtep.remove_peer(&p)).await {
             Ok(Ok(())) => info!(subnet = %subnet, public_ip = %peer.public_ip, "peer removed"),
             Ok(Err(e)) => {
                 warn!(subnet = %subnet, error = %format!("{e:#}"), "peer removal incomplete")

@@ -1,0 +1,255 @@
+//! The two threads of userspace vxlan: tap to socket (look up the VtepMAC, segment, one
+//! `sendmsg` with UDP GSO per batch) and socket to tap (`recvmmsg` with UDP GRO, check
+//! sender and VNI, join TCP segments, one tap write per joined frame).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use nix::sys::socket::{
+    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    MultiHeaders, SockaddrIn,
+};
+use tracing::{error, info, warn};
+
+use super::forwarding::{Counters, PeerTable};
+use super::gso::{segment, Coalescer, Unsendable, VnetHdr};
+use super::header;
+use crate::datapath::frame_lost;
+use crate::sys::tap::{Tap, MAX_FRAME};
+
+/// Datagrams received per `recvmmsg`.
+const RX_BATCH: usize = 8;
+/// Room for one GRO batch (at most 64 KiB of UDP payload).
+const RX_BUF: usize = 65536;
+/// Socket buffers asked for; the kernel caps them at net.core.[rw]mem_max.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// UDP GSO limits per send: the IP datagram's 64 KiB, and the kernel's segment count.
+const GSO_MAX_BYTES: usize = 65000;
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Everything both directions need.
+pub struct Path {
+    pub tap: Tap,
+    pub socket: UdpSocket,
+    pub vni: u32,
+    /// The network's vxlan port, where peers listen.
+    pub port: u16,
+    pub peers: Arc<PeerTable>,
+    pub counters: Arc<Counters>,
+}
+
+/// Sizes the socket's buffers and turns on UDP GRO; says what the kernel granted.
+fn tune(socket: &UdpSocket) -> io::Result<bool> {
+    let force = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_ok();
+    if !force {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    let _ = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER));
+    let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
+    let gso = setsockopt(socket, sockopt::UdpGsoSegment, &0).is_ok();
+    let rcv = nix::sys::socket::getsockopt(socket, sockopt::RcvBuf).unwrap_or(0);
+    let snd = nix::sys::socket::getsockopt(socket, sockopt::SndBuf).unwrap_or(0);
+    info!(
+        receive_buffer = rcv,
+        send_buffer = snd,
+        udp_gro = gro,
+        udp_gso = gso,
+        "underlay socket tuned"
+    );
+    if rcv < SOCKET_BUFFER {
+        warn!(
+            "the underlay socket's receive buffer is {rcv} bytes (asked for {SOCKET_BUFFER}); \
+             bursts may be dropped: raise net.core.rmem_max on the hosts"
+        );
+    }
+    Ok(gso)
+}
+
+/// Starts both directions. A thread that fails for good (the tap or the socket is gone)
+/// ends hpk-netd so that its supervisor starts it again.
+pub fn spawn(path: Path) -> io::Result<()> {
+    let gso = tune(&path.socket)?;
+    let path = Arc::new(path);
+    let tx = path.clone();
+    std::thread::Builder::new()
+        .name("vxlan-tx".into())
+        .spawn(move || fatal("tap to socket", to_socket(&tx, gso)))?;
+    std::thread::Builder::new()
+        .name("vxlan-rx".into())
+        .spawn(move || fatal("socket to tap", to_tap(&path)))?;
+    Ok(())
+}
+
+fn fatal(direction: &str, e: io::Error) {
+    error!(direction, error = %e, "the vxlan data path stopped; exiting so that hpk-netd is restarted");
+    std::process::exit(1);
+}
+
+fn bump(counter: &AtomicU64, n: usize) {
+    Counters::add(counter, n as u64);
+}
+
+/// Sends `data` (datagrams of `stride` bytes, the last possibly shorter) to `to`.
+fn send(
+    socket: &UdpSocket,
+    data: &[u8],
+    stride: usize,
+    to: &SockaddrIn,
+    gso: bool,
+) -> io::Result<usize> {
+    let fd = socket.as_raw_fd();
+    if data.len() <= stride {
+        return sendmsg(fd, &[IoSlice::new(data)], &[], MsgFlags::empty(), Some(to))
+            .map(|_| 1)
+            .map_err(io::Error::from);
+    }
+    if !gso {
+        for d in data.chunks(stride) {
+            sendmsg(fd, &[IoSlice::new(d)], &[], MsgFlags::empty(), Some(to))?;
+        }
+        return Ok(data.len().div_ceil(stride));
+    }
+    let per_send = (GSO_MAX_BYTES / stride).clamp(1, GSO_MAX_SEGMENTS) * stride;
+    let size = stride as u16;
+    for batch in data.chunks(per_send) {
+        let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+        let cmsgs: &[ControlMessage] = if batch.len() > stride { &cmsg } else { &[] };
+        sendmsg(
+            fd,
+            &[IoSlice::new(batch)],
+            cmsgs,
+            MsgFlags::empty(),
+            Some(to),
+        )?;
+    }
+    Ok(data.len().div_ceil(stride))
+}
+
+fn to_socket(p: &Path, gso: bool) -> io::Error {
+    let c = &p.counters;
+    let prefix = header::encode(p.vni);
+    let mut buf = vec![0u8; VnetHdr::LEN + MAX_FRAME];
+    let mut out = Vec::with_capacity(2 * MAX_FRAME);
+    loop {
+        let n = match p.tap.read_frame(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return e,
+        };
+        if n < VnetHdr::LEN + 14 {
+            continue;
+        }
+        bump(&c.tx_frames, 1);
+        let hdr = VnetHdr::parse(buf[..VnetHdr::LEN].try_into().expect("10 bytes"));
+        let frame = &buf[VnetHdr::LEN..n];
+        let Some(dest) = p.peers.destination(&frame[..6]) else {
+            bump(&c.drop_no_peer, 1);
+            continue;
+        };
+        out.clear();
+        let datagrams = match segment(&hdr, frame, &prefix, &mut out) {
+            Ok(d) => d,
+            Err(why) => {
+                if let Unsendable::UnsupportedGso(kind) = why {
+                    warn!(gso_type = kind, "frame of an unexpected GSO kind dropped");
+                }
+                bump(&c.drop_unsendable, 1);
+                continue;
+            }
+        };
+        let to = SockaddrIn::from(SocketAddrV4::new(dest, p.port));
+        match send(&p.socket, &out, datagrams.stride, &to, gso) {
+            Ok(sent) => {
+                bump(&c.tx_datagrams, sent);
+                bump(&c.tx_bytes, out.len());
+            }
+            // The host's network is busy or unreachable for a moment: TCP resends.
+            Err(_) => bump(&c.drop_send_error, datagrams.count),
+        }
+    }
+}
+
+fn to_tap(p: &Path) -> io::Error {
+    let c = &p.counters;
+    let mut bufs = vec![vec![0u8; RX_BUF]; RX_BATCH];
+    let mut coalescer = Coalescer::default();
+    let mut received: Vec<(usize, Option<Ipv4Addr>, usize, bool)> = Vec::with_capacity(RX_BATCH);
+    let mut write_errors: Option<io::Error> = None;
+    loop {
+        received.clear();
+        {
+            // Fresh headers per call: the kernel shrinks each header's control length to
+            // what it wrote, and nix does not reset it, so reused headers would lose the
+            // GRO segment size after the first plain datagram.
+            let mut headers =
+                MultiHeaders::<SockaddrIn>::preallocate(RX_BATCH, Some(nix::cmsg_space!(i32)));
+            let mut iovs: Vec<[IoSliceMut; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            let msgs = match recvmmsg(
+                p.socket.as_raw_fd(),
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return e.into(),
+            };
+            for m in msgs {
+                let seg = m
+                    .cmsgs()
+                    .ok()
+                    .and_then(|mut cs| {
+                        cs.find_map(|c| match c {
+                            ControlMessageOwned::UdpGroSegments(s) => Some(s as usize),
+                            _ => None,
+                        })
+                    })
+                    .unwrap_or(m.bytes);
+                let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
+                received.push((m.bytes, m.address.map(|a| a.ip()), seg, truncated));
+            }
+        }
+        for (buf, (len, from, seg, truncated)) in bufs.iter().zip(&received) {
+            let data = &buf[..*len];
+            let count = data.len().div_ceil((*seg).max(1));
+            bump(&c.rx_datagrams, count);
+            bump(&c.rx_bytes, data.len());
+            if *truncated {
+                bump(&c.drop_malformed, count);
+                continue;
+            }
+            if !from.is_some_and(|ip| p.peers.knows(ip)) {
+                bump(&c.drop_unknown_sender, count);
+                continue;
+            }
+            for datagram in data.chunks((*seg).max(1)) {
+                match header::decode(datagram, p.vni) {
+                    Ok(frame) => coalescer.push(frame, &mut |f| write(p, f, &mut write_errors)),
+                    Err(header::Rejected::WrongVni(_)) => bump(&c.drop_wrong_vni, 1),
+                    Err(_) => bump(&c.drop_malformed, 1),
+                }
+            }
+        }
+        coalescer.flush(&mut |f| write(p, f, &mut write_errors));
+        if let Some(e) = write_errors.take() {
+            return e;
+        }
+    }
+}
+
+/// Writes one frame to the tap; a lost frame is counted, a dead tap remembered.
+fn write(p: &Path, frame: &[u8], fatal: &mut Option<io::Error>) {
+    match p.tap.write_frame(frame) {
+        Ok(_) => bump(&p.counters.rx_frames, 1),
+        Err(e) if frame_lost(&e) => bump(&p.counters.drop_tap_write, 1),
+        Err(e) => {
+            fatal.get_or_insert(e);
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The userspace VTEP on a host socket: hosts on a LAN, a real etcd, runc containers,
+//! each hpk-netd fetching its UDP socket from a launcher-like server, talking to each
+//! other, to a kernel vxlan peer made by hpk-netd and to a flanneld-style node.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hpk_hook::proto::UnderlayStatus;
+use hpk_netd::underlay::handover::Server;
+use nix::sys::signal::Signal;
+use testkit::cluster::{flanneld_node, Cluster, Host, ETCD_PREFIX};
+use testkit::netd::Netd;
+use testkit::*;
+
+const VXLAN_PORT: u16 = 8472;
+
+/// A UDP socket on the host's address and the network's port, served on `dir/underlay.sock`
+/// as the bubble's launcher serves it.
+fn serve_host_socket(h: &Host) -> (Server, PathBuf) {
+    let addr = h.addr;
+    let socket =
+        h.ns.spawn(move || UdpSocket::bind((addr, VXLAN_PORT)).expect("bind the vxlan port"))
+            .join()
+            .unwrap();
+    let path = h.dir.join("underlay.sock");
+    let _ = std::fs::remove_file(&path);
+    let server = Server::spawn(UnixListener::bind(&path).unwrap(), socket).unwrap();
+    (server, path)
+}
+
+fn start_userspace(h: &mut Host, url: &str, socket: &std::path::Path) {
+    let socket = socket.to_str().unwrap();
+    h.start_netd(&Host::etcd_args(url, &["--underlay-socket", socket]));
+}
+
+fn underlay(h: &Host) -> UnderlayStatus {
+    h.netd()
+        .status()
+        .underlay
+        .expect("the etcd agent reports its underlay")
+}
+
+fn counter(h: &Host, name: &str) -> u64 {
+    underlay(h).counters.get(name).copied().unwrap_or(0)
+}
+
+fn reach_each_other(cs: &[(testkit::runc::Container, Ipv4Addr)]) {
+    for (i, (c, _)) in cs.iter().enumerate() {
+        for (j, (_, addr)) in cs.iter().enumerate() {
+            if i != j {
+                wait_until(
+                    &format!("c{i} to reach c{j} at {addr}"),
+                    Duration::from_secs(10),
+                    || c.ping(&addr.to_string()),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn userspace_vteps_on_three_hosts_carry_tcp() {
+    let mut cl = Cluster::new(3);
+    let mut servers = Vec::new();
+    for h in &mut cl.hosts {
+        let (server, path) = serve_host_socket(h);
+        start_userspace(h, &cl.etcd.url, &path);
+        servers.push(server);
+    }
+    let cs: Vec<_> = cl
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.container(&format!("c{i}")))
+        .collect();
+    reach_each_other(&cs);
+    tcp_stream(
+        &cs[2].0.netns(),
+        &cs[0].0.netns(),
+        cs[2].1,
+        8 << 20,
+        Arc::new(AtomicBool::new(true)),
+    )
+    .check();
+
+    for h in &cl.hosts {
+        let u = underlay(h);
+        assert_eq!(u.kind, "host-socket");
+        assert_eq!(
+            u.local.as_deref(),
+            Some(&*format!("{}:{VXLAN_PORT}", h.addr))
+        );
+        // flannel.1 is a tap here (no kernel vxlan), MTU from eth0, with the VtepMAC
+        // derived from the public address, and that is what the lease says.
+        let details =
+            String::from_utf8_lossy(&h.ns.ip(&["-d", "link", "show", "flannel.1"]).stdout)
+                .into_owned();
+        assert!(
+            details.contains("tun type tap") && details.contains("mtu 1450"),
+            "{details}"
+        );
+        let o = h.addr.octets();
+        let mac = format!("0e:68:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        let key = format!("{ETCD_PREFIX}/subnets/{}", h.subnet().replace('/', "-"));
+        let lease = cl.etcd.get_prefix(&key);
+        assert!(
+            lease[0].1.contains(&format!(r#""VtepMAC":"{mac}""#)),
+            "{lease:?}"
+        );
+        assert!(
+            u.counters["tx_datagrams"] > 0 && u.counters["rx_datagrams"] > 0,
+            "{u:?}"
+        );
+        for k in ["drop_unknown_sender", "drop_wrong_vni", "drop_malformed"] {
+            assert_eq!(u.counters[k], 0, "{k} on {}: {u:?}", h.name);
+        }
+    }
+    // Whole TCP windows crossed as few large writes: the receiving tap got far fewer
+    // frames than the 8 MB needed datagrams.
+    let rx = underlay(&cl.hosts[2]).counters;
+    assert!(
+        rx["rx_frames"] * 4 < rx["rx_datagrams"],
+        "segments were not joined: {rx:?}"
+    );
+}
+
+#[test]
+fn kernel_vxlan_peers_and_a_flanneld_node_talk_to_a_userspace_vtep() {
+    let mut cl = Cluster::new(3);
+    let (_server, path) = serve_host_socket(&cl.hosts[0]);
+    start_userspace(&mut cl.hosts[0], &cl.etcd.url, &path);
+    let etcd_url = cl.etcd.url.clone();
+    cl.hosts[1].start_netd(&Host::etcd_args(&etcd_url, &[]));
+    assert_eq!(underlay(&cl.hosts[1]).kind, "kernel");
+    let fixture = flanneld_node(&cl.etcd, &cl.hosts[2].ns, cl.hosts[2].addr);
+    let cs: Vec<_> = (0..2)
+        .map(|i| cl.hosts[i].container(&format!("c{i}")))
+        .collect();
+    reach_each_other(&cs);
+    tcp_stream(
+        &cs[0].0.netns(),
+        &cs[1].0.netns(),
+        cs[0].1,
+        4 << 20,
+        Arc::new(AtomicBool::new(true)),
+    )
+    .check();
+    tcp_stream(
+        &cs[1].0.netns(),
+        &cs[0].0.netns(),
+        cs[1].1,
+        4 << 20,
+        Arc::new(AtomicBool::new(true)),
+    )
+    .check();
+    // The flanneld node (a kernel flannel.1 set up as flanneld does) both ways.
+    wait_until(
+        "a route to the flanneld node",
+        Duration::from_secs(10),
+        || cl.hosts[0].routes_to("10.244.200.0/24"),
+    );
+    assert!(cs[0].0.ping(&fixture.to_string()), "userspace to flanneld");
+    assert!(
+        cl.hosts[2].ns.ping(&cs[0].1.to_string()),
+        "flanneld node to the userspace VTEP's container"
+    );
+}
+
+/// Sends `payload` to host `to`'s vxlan port from `from` (an address in namespace `ns`).
+fn send_datagram(ns: &Netns, from: Ipv4Addr, to: Ipv4Addr, payload: Vec<u8>) {
+    ns.spawn(move || {
+        let s = UdpSocket::bind((from, 0)).unwrap();
+        s.send_to(&payload, (to, VXLAN_PORT)).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
+    let mut cl = Cluster::new(3);
+    let mut servers = Vec::new();
+    for h in &mut cl.hosts {
+        let (server, path) = serve_host_socket(h);
+        start_userspace(h, &cl.etcd.url, &path);
+        servers.push(server);
+    }
+    let cs: Vec<_> = (0..3)
+        .map(|i| cl.hosts[i].container(&format!("c{i}")))
+        .collect();
+    reach_each_other(&cs);
+
+    let (h0, h1) = (&cl.hosts[0], &cl.hosts[1]);
+    let frame = |vni: u8| {
+        let mut d = vec![0x08, 0, 0, 0, 0, 0, vni, 0];
+        d.extend_from_slice(&[0xff; 6]);
+        d.extend_from_slice(&[0x0e; 6]);
+        d.extend_from_slice(&[0x08, 0x00]);
+        d.extend_from_slice(&[0u8; 46]);
+        d
+    };
+    send_datagram(&h0.ns, h0.addr, h1.addr, frame(7));
+    send_datagram(
+        &h0.ns,
+        h0.addr,
+        h1.addr,
+        vec![0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2],
+    );
+    send_datagram(
+        &h0.ns,
+        h0.addr,
+        h1.addr,
+        b"garbage, not vxlan at all".to_vec(),
+    );
+    // The LAN's router is no peer of anyone.
+    send_datagram(
+        &cl.world.lan,
+        Ipv4Addr::new(192, 0, 2, 1),
+        h1.addr,
+        frame(1),
+    );
+    wait_until("every bad datagram counted", Duration::from_secs(5), || {
+        counter(h1, "drop_wrong_vni") == 1
+            && counter(h1, "drop_malformed") == 2
+            && counter(h1, "drop_unknown_sender") == 1
+    });
+    assert!(cs[0].0.ping(&cs[1].1.to_string()), "traffic goes on");
+
+    // h2 leaves: its hpk-netd is gone and its lease deleted. h0 forgets it, and sends it
+    // nothing more.
+    let s2 = cl.hosts[2].subnet();
+    cl.hosts[2].netd_mut().proc.stop_with(Signal::SIGKILL);
+    let out = cl.etcd.ctl(&[
+        "del",
+        &format!("{ETCD_PREFIX}/subnets/{}", s2.replace('/', "-")),
+    ]);
+    assert!(out.status.success());
+    let h0 = &cl.hosts[0];
+    wait_until("h2's route to go", Duration::from_secs(10), || {
+        !h0.routes_to(&s2)
+    });
+    assert_eq!(h0.netd().status().peers.len(), 1);
+    let sent = counter(h0, "tx_datagrams");
+    assert!(!cs[0].0.ping(&cs[2].1.to_string()));
+    assert_eq!(
+        counter(h0, "tx_datagrams"),
+        sent,
+        "datagrams still sent to h2"
+    );
+}
+
+#[test]
+fn a_restarted_netd_fetches_the_socket_again() {
+    let mut cl = Cluster::new(2);
+    let mut servers = Vec::new();
+    for h in &mut cl.hosts {
+        let (server, path) = serve_host_socket(h);
+        start_userspace(h, &cl.etcd.url, &path);
+        servers.push(server);
+    }
+    let cs: Vec<_> = (0..2)
+        .map(|i| cl.hosts[i].container(&format!("c{i}")))
+        .collect();
+    reach_each_other(&cs);
+    let lease_before = cl.etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/"));
+    cl.hosts[1].netd_mut().proc.stop_with(Signal::SIGKILL);
+    wait_until(
+        "flannel.1 to go with hpk-netd",
+        Duration::from_secs(5),
+        || !cl.hosts[1].ns.has_link("flannel.1"),
+    );
+    let path = cl.hosts[1].dir.join("underlay.sock");
+    start_userspace(&mut cl.hosts[1], &cl.etcd.url, &path);
+    reach_each_other(&cs);
+    assert_eq!(
+        cl.etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/")),
+        lease_before,
+        "same subnets and VtepMACs after the restart"
+    );
+}
+
+#[test]
+fn without_a_served_socket_netd_says_what_to_do() {
+    let cl = Cluster::new(1);
+    let h = &cl.hosts[0];
+    let cases: [(&[&str], &str); 2] = [
+        (&["--underlay", "host-socket"], "underlay_socket is empty"),
+        (
+            &["--underlay-socket", "/nonexistent/underlay.sock"],
+            "nothing serves the host UDP socket at /nonexistent/underlay.sock",
+        ),
+    ];
+    for (extra, expect) in cases {
+        let out = Netd::command(&h.ns, &h.dir, &Host::etcd_args(&cl.etcd.url, extra))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{extra:?}: {err}"
+        );
+        assert!(!h.ns.has_link("flannel.1"), "{extra:?} left flannel.1");
+    }
+    // A socket on another port than the network's.
+    let addr = h.addr;
+    let socket =
+        h.ns.spawn(move || UdpSocket::bind((addr, 8999)).unwrap())
+            .join()
+            .unwrap();
+    let path = h.dir.join("wrong-port.sock");
+    let _server = Server::spawn(UnixListener::bind(&path).unwrap(), socket).unwrap();
+    let out = Netd::command(
+        &h.ns,
+        &h.dir,
+        &Host::etcd_args(&cl.etcd.url, &["--underlay-socket", path.to_str().unwrap()]),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("bound to port 8999, but the network's vxlan port is 8472"),
+        "{err}"
+    );
+}
