@@ -50,6 +50,19 @@ pub enum UplinkKind {
     Pasta,
 }
 
+/// Where the overlay's vxlan meets the host's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnderlayKind {
+    /// hpk-netd is the VTEP, on a UDP socket the launcher opens on the host: no NAT in
+    /// the overlay's path.
+    #[default]
+    HostSocket,
+    /// flannel's kernel vxlan device in the bubble; its UDP port is forwarded by the
+    /// uplink (slirp4netns or pasta), through their userspace NAT.
+    Kernel,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BubbleRuntime {
     /// An Apptainer instance of the hpk-bubble image (`--fakeroot --network=none`).
@@ -69,7 +82,7 @@ macro_rules! display_as_value {
         }
     )*};
 }
-display_as_value!(Role, UplinkKind);
+display_as_value!(Role, UplinkKind, UnderlayKind);
 
 #[derive(Debug, Args)]
 pub struct SharedDirArg {
@@ -90,6 +103,9 @@ pub struct StartArgs {
     /// Uplink to the host network [default: pasta if installed, else slirp4netns].
     #[arg(long, env = "HPK_UPLINK", value_enum)]
     pub uplink: Option<UplinkKind>,
+    /// Where the overlay's vxlan meets the host's network.
+    #[arg(long, env = "HPK_UNDERLAY", value_enum, default_value_t)]
+    pub underlay: UnderlayKind,
     /// The host's address others reach it on [default: the default route's].
     #[arg(long, env = "HPK_HOST_IP", value_name = "IP")]
     pub host_ip: Option<Ipv4Addr>,

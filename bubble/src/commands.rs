@@ -41,18 +41,19 @@ pub fn list(args: ListArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<4} {:<11} {:<16} {:<16} {:<18} {:<12} PID",
-        "ID", "ROLE", "HOST", "ADDRESS", "SUBNET", "UPLINK"
+        "{:<4} {:<11} {:<16} {:<16} {:<18} {:<12} {:<12} PID",
+        "ID", "ROLE", "HOST", "ADDRESS", "SUBNET", "UPLINK", "UNDERLAY"
     );
     for r in records {
         println!(
-            "{:<4} {:<11} {:<16} {:<16} {:<18} {:<12} {}",
+            "{:<4} {:<11} {:<16} {:<16} {:<18} {:<12} {:<12} {}",
             r.id,
             r.role.to_string(),
             r.host,
             r.host_ip.to_string(),
             r.subnet,
             r.uplink.to_string(),
+            r.underlay.to_string(),
             r.init.pid
         );
     }

@@ -88,13 +88,22 @@ pub fn check_free(addr: Ipv4Addr, forwards: &[Forward]) -> Result<()> {
             Proto::Udp => UdpSocket::bind(at).err(),
         };
         if let Some(e) = taken {
-            bail!(
-                "{} port {} on {addr} is not free ({e}): another bubble or program uses it; {}",
-                f.proto,
-                f.port,
-                f.purpose
-            );
+            return Err(not_free(addr, f, e));
         }
     }
     Ok(())
+}
+
+/// Binds the UDP port `f` on the host's address, for the bubble to use.
+pub fn bind_udp(addr: Ipv4Addr, f: &Forward) -> Result<UdpSocket> {
+    UdpSocket::bind(SocketAddrV4::new(addr, f.port)).map_err(|e| not_free(addr, f, e))
+}
+
+fn not_free(addr: Ipv4Addr, f: &Forward, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} port {} on {addr} is not free ({e}): another bubble or program uses it; {}",
+        f.proto,
+        f.port,
+        f.purpose
+    )
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use hpk_netd::sys::process::ProcId;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{Role, UplinkKind};
+use crate::cli::{Role, UnderlayKind, UplinkKind};
 
 /// A ready bubble, as other bubbles and the user's commands find it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -23,6 +23,9 @@ pub struct Record {
     pub host: String,
     pub host_ip: Ipv4Addr,
     pub uplink: UplinkKind,
+    /// Where the overlay's vxlan meets the host's network.
+    #[serde(default)]
+    pub underlay: UnderlayKind,
     /// etcd's client URL (the controller's record only).
     pub etcd: Option<String>,
     /// UDP port of the overlay (flannel's Backend.Port).

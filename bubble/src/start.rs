@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hpk_netd::subnet::etcd::netconfig::NetworkConfig;
 use hpk_netd::sys::process::ProcId;
+use hpk_netd::underlay::handover::Server;
 
 use crate::child::Service;
-use crate::cli::{BubbleRuntime, Role, StartArgs, UplinkKind};
+use crate::cli::{BubbleRuntime, Role, StartArgs, UnderlayKind, UplinkKind};
 use crate::holder::{Holder, Launch};
 use crate::host::{self, Forward, HostLink, Proto};
 use crate::init::{Plan, Report};
@@ -36,6 +37,8 @@ struct Node {
     network: NetworkConfig,
     network_text: String,
     forwards: Vec<Forward>,
+    /// The overlay's UDP socket on the host (host-socket underlay), bound in pre-flight.
+    host_socket: Option<std::net::UdpSocket>,
     exe: PathBuf,
     netd: PathBuf,
     net_daemon: PathBuf,
@@ -64,6 +67,7 @@ pub fn run(args: StartArgs) -> Result<()> {
         role: args.role,
         host_ip: node.link.addr,
         host_mtu: node.link.mtu,
+        underlay: args.underlay,
         etcd_port: args.etcd_port,
         k3s_port: args.k3s_port,
         network_config: node.network_text.clone(),
@@ -80,13 +84,14 @@ pub fn run(args: StartArgs) -> Result<()> {
     };
     let record = running.bring_up(&node, &plan, &args, &mut signals)?;
     println!(
-        "bubble {} ready: {} on {} ({}), subnet {}, uplink {}; enter it with: hpk-bubble shell {} --shared-dir {}",
+        "bubble {} ready: {} on {} ({}), subnet {}, uplink {}, underlay {}; enter it with: hpk-bubble shell {} --shared-dir {}",
         record.id,
         record.role,
         record.host,
         record.host_ip,
         record.subnet,
         record.uplink,
+        record.underlay,
         record.id,
         node.shared.path.display()
     );
@@ -135,13 +140,17 @@ fn preflight(args: &StartArgs) -> Result<Node> {
         Role::Node => None,
     };
     let link = host::host_link(args.host_ip)?;
-    // The controller's record carries the port; a node forwards what the controller chose.
-    let mut forwards = vec![Forward {
+    let overlay_port = Forward {
         proto: Proto::Udp,
         port: network.port,
         purpose:
             "the overlay's UDP port is flannel's Backend.Port: set another in --network-config",
-    }];
+    };
+    // The overlay's port: a socket of our own on the host, or a forward by the uplink.
+    let (host_socket, mut forwards) = match args.underlay {
+        UnderlayKind::HostSocket => (Some(host::bind_udp(link.addr, &overlay_port)?), vec![]),
+        UnderlayKind::Kernel => (None, vec![overlay_port]),
+    };
     if args.role == Role::Controller {
         forwards.push(Forward {
             proto: Proto::Tcp,
@@ -165,6 +174,7 @@ fn preflight(args: &StartArgs) -> Result<Node> {
         network,
         network_text,
         forwards,
+        host_socket,
         exe: std::env::current_exe().context("cannot find hpk-bubble itself")?,
         netd: tools::find_ours("hpk-netd")?,
         net_daemon: tools::find_ours("hpk-net-daemon")?,
@@ -226,6 +236,8 @@ struct Running {
     holder: Option<Holder>,
     uplink: Option<Service>,
     init: Option<ProcId>,
+    /// Serves the host socket to hpk-netd (each start of it).
+    handover: Option<Server>,
 }
 
 impl Running {
@@ -249,6 +261,7 @@ impl Running {
             holder: None,
             uplink: None,
             init: None,
+            handover: None,
         })
     }
 
@@ -268,6 +281,12 @@ impl Running {
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&plan.ready_fifo)?;
+        if let Some(socket) = &node.host_socket {
+            let path = self.state_dir.join(crate::init::netd::UNDERLAY_SOCKET);
+            let listener = hpk_netd::sys::unix_socket::bind(&path, 0o600, None, None)?;
+            let socket = socket.try_clone().context("cannot share the host socket")?;
+            self.handover = Some(Server::spawn(listener, socket)?);
+        }
         let init_log = self.shared.log_path(self.id, "init");
         let launch = Launch {
             exe: &node.exe,
@@ -321,6 +340,7 @@ impl Running {
             host: record::hostname(),
             host_ip: node.link.addr,
             uplink: node.uplink,
+            underlay: plan.underlay,
             etcd: (plan.role == Role::Controller)
                 .then(|| format!("http://{}:{}", node.link.addr, args.etcd_port)),
             vxlan_port: node.network.port,

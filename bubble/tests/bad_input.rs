@@ -141,30 +141,50 @@ fn unusable_tun_says_what_to_do() {
 fn taken_port_is_named_and_another_port_works() {
     let mut c = Cluster::new(1);
     let host_ip = c.hosts[0].1;
-    // Another program holds etcd's port on this host.
+    // Other programs hold the overlay's UDP port and etcd's port on this host.
     let (tx, rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let holder = testkit::spawn_in(&c.hosts[0].0.path(), move || {
         let l = std::net::TcpListener::bind((host_ip, 2379)).unwrap();
+        let u = std::net::UdpSocket::bind((host_ip, 8472)).unwrap();
         tx.send(()).unwrap();
         let _ = done_rx.recv();
-        drop(l);
+        drop((l, u));
     });
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
     fails(
         &mut start(&c, 0, 1, "controller", &["--uplink", "slirp4netns"]),
+        "udp port 8472 on 192.0.2.11 is not free",
+    );
+    nothing_left(&c, 1);
+    let port_8473 = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":8473}}"#;
+    let config = ["--network-config", port_8473];
+    fails(
+        &mut start(
+            &c,
+            0,
+            1,
+            "controller",
+            &[&["--uplink", "slirp4netns"][..], &config].concat(),
+        ),
         "tcp port 2379 on 192.0.2.11 is not free",
     );
     nothing_left(&c, 1);
-    // The way out the message names works.
+    // The ways out the messages name work.
     c.launch(
         0,
         1,
         "controller",
-        &["--uplink", "slirp4netns", "--etcd-port", "2479"],
+        &[
+            &["--uplink", "slirp4netns", "--etcd-port", "2479"][..],
+            &config,
+        ]
+        .concat(),
     );
     let record = c.wait_ready(1);
     assert_eq!(record["etcd"], "http://192.0.2.11:2479");
+    assert_eq!(record["vxlan_port"], 8473);
+    assert_eq!(record["underlay"], "host-socket");
     done_tx.send(()).unwrap();
     holder.join().unwrap();
 }

@@ -71,6 +71,27 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
     let out = c.in_container(1, &script);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).starts_with(&busybox_md5), "{}", stdout(&out));
+    let out = c.in_container(3, &format!("ping -c 1 -W 5 {a2}"));
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    // The overlay went through each bubble's own socket on the host, not the uplink:
+    // no UDP port is forwarded, and hpk-netd counts the datagrams.
+    for id in 1..=3 {
+        let status: serde_json::Value =
+            serde_json::from_str(&c.shell_ok(id, &["hpk-netd", "status", "--json"])).unwrap();
+        let u = &status["underlay"];
+        assert_eq!(u["kind"], "host-socket", "bubble {id}: {u}");
+        assert_eq!(u["device"], "flannel.1");
+        assert!(
+            u["counters"]["rx_datagrams"].as_u64().unwrap() > 0,
+            "bubble {id}: {u}"
+        );
+        assert_eq!(u["counters"]["drop_unknown_sender"], 0, "bubble {id}: {u}");
+    }
+    assert!(
+        !port_free(&c, 1, false, 8472),
+        "bubble 2's socket holds the port"
+    );
 
     // The outside world, through the bubbles' NAT.
     // (The echo server never closes: busybox nc is ended once the answer is in.)
@@ -119,7 +140,14 @@ fn node_first_then_controller_then_a_killed_node_is_replaced() {
     let mut c = Cluster::new(3);
     let ttl = [("HPK_NETD_ETCD_LEASE_TTL", "6")];
     c.launch_with(1, 2, "node", &["--uplink", "pasta"], &ttl);
-    c.launch_with(2, 3, "node", &["--uplink", "pasta"], &ttl);
+    // Bubble 3 keeps flannel's kernel vxlan behind pasta; the others are host-socket.
+    c.launch_with(
+        2,
+        3,
+        "node",
+        &["--uplink", "pasta", "--underlay", "kernel"],
+        &ttl,
+    );
     // The nodes wait; nothing is ready before the controller.
     std::thread::sleep(Duration::from_millis(500));
     assert!(c.launcher(2).alive() && !c.shared.join("bubble-2.json").exists());
@@ -127,9 +155,35 @@ fn node_first_then_controller_then_a_killed_node_is_replaced() {
     for id in 1..=3 {
         c.wait_ready(id);
     }
-    let a3 = c.container(3, "c3", &[]);
-    let out = c.in_container(1, &format!("ping -c 1 -W 5 {a3}"));
-    assert!(out.status.success(), "{}", stdout(&out));
+    let a3 = c.container(3, "c3", &["httpd", "-f", "-p", "8080", "-h", "/"]);
+    let a1 = c.container(1, "c1", &[]);
+    let out = c.in_container(
+        1,
+        &format!(
+            "ping -c 1 -W 5 {a3} >/dev/null && wget -q -O - http://{a3}:8080/bin/busybox | wc -c"
+        ),
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let size = std::fs::metadata(c.rootfs.join("bin/busybox"))
+        .unwrap()
+        .len();
+    assert_eq!(
+        stdout(&out).trim(),
+        size.to_string(),
+        "host-socket to kernel over TCP"
+    );
+    let out = c.in_container(3, &format!("ping -c 1 -W 5 {a1}"));
+    assert!(
+        out.status.success(),
+        "kernel to host-socket: {}",
+        stdout(&out)
+    );
+    let list = stdout(&c.command(0, &["list"]).output().unwrap());
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("3 ") && l.contains(" kernel ")),
+        "{list}"
+    );
 
     // Bubble 3's launcher SIGKILLed: its whole bubble dies with it.
     let record3: serde_json::Value =

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Bubbles on Slurm, measured: from `sbatch --nodes=3 scripts/hpk.slurm` to every bubble
-# ready, and container to container across bubbles (iperf3 TCP throughput, ping RTT)
-# through each uplink (slirp4netns, pasta), next to host to host on the same LAN in the
-# same run. Runs the simulated Slurm of scripts/sim-slurm.sh; needs root and binaries.
+# ready, and container to container across bubbles (iperf3 TCP throughput, ping RTT, CPU
+# seconds per GB moved, UDP receive-buffer drops on the receiving host) for each underlay:
+# flannel's kernel vxlan forwarded by slirp4netns or by pasta, and hpk-netd's userspace
+# vxlan on a host socket; next to host to host on the same LAN in the same run.
+# Runs the simulated Slurm of scripts/sim-slurm.sh; needs root and binaries.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,7 +19,7 @@ enter() { in_login runuser -u "$user" -- env HPK_SHARED_DIR="$shared" "$root/scr
 cleanup() {
     if [ -n "$job" ]; then in_login scancel "$job" >/dev/null 2>&1 || true; fi
     "$sim" down -d "$dir/sim" >/dev/null 2>&1 || true
-    rm -rf "$dir"
+    [ -n "${BENCH_KEEP:-}" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
 
@@ -40,40 +42,68 @@ bps() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100';
 rtt() { awk -F' = ' '/min\/avg\/max/ { split($2, v, "/"); print v[2] }'; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.3f", a/b; else print "-" }'; }
-printf '%-34s %10s %8s %10s %12s\n' "path" "Gbit/s" "x host" "RTT ms" "ready ms"
+# Busy CPU time of the whole machine so far, in clock ticks (all CPUs, idle and iowait out).
+busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# CPU seconds per GB: busy ticks between two readings over the bytes moved.
+per_gb() { awk -v t="$(( $2 - $1 ))" -v hz="$(getconf CLK_TCK)" -v b="$3" 'BEGIN{ printf "%.2f", t / hz / (b / 1e9) }'; }
+# UDP datagrams dropped for a full receive buffer in host 3's namespace.
+rcvbuf_errors() {
+    nsenter --net="/run/netns/hpksim-h3" cat /proc/net/snmp |
+        awk '/^Udp:/ { if (!n) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; n = 1 } else print $c }'
+}
+# iperf3's bytes received, from its JSON.
+received() { jq -r '.end.sum_received.bytes'; }
+
+row() { printf '%-44s %8s %7s %8s %9s %9s %9s\n' "$@"; }
+row "path" "Gbit/s" "x host" "RTT ms" "CPU s/GB" "rx drops" "ready ms"
 # Host to host on the LAN: the reference.
 nsenter --net="/run/netns/hpksim-h3" iperf3 -s -1 -D -B 192.0.2.13 >/dev/null
 sleep 0.3
-h2h=$(nsenter --net="/run/netns/hpksim-h1" iperf3 -c 192.0.2.13 -t "$secs" -J | bps)
+cpu0=$(busy)
+h2h_json=$(nsenter --net="/run/netns/hpksim-h1" iperf3 -c 192.0.2.13 -t "$secs" -J)
+cpu1=$(busy)
+h2h=$(echo "$h2h_json" | bps)
 h2h_rtt=$(nsenter --net="/run/netns/hpksim-h1" ping -c 20 -i 0.05 192.0.2.13 | rtt)
-printf '%-34s %10s %8s %10s %12s\n' "host to host (LAN, veth)" "$h2h" "1" "$h2h_rtt" "-"
+row "host to host (LAN, veth)" "$h2h" "1" "$h2h_rtt" "$(per_gb "$cpu0" "$cpu1" "$(echo "$h2h_json" | received)")" "-" "-"
 
-for uplink in slirp4netns pasta; do
+for mode in ${BENCH_MODES:-slirp4netns/kernel pasta/kernel pasta/host-socket}; do
+    uplink=${mode%/*} underlay=${mode#*/}
     start=$(date +%s%N)
-    job=$(in_login runuser -u "$user" -- env HPK_UPLINK=$uplink sbatch --parsable --nodes=3 \
-        --chdir="$dir/job" --output="$dir/job/$uplink.out" "$root/scripts/hpk.slurm")
+    job=$(in_login runuser -u "$user" -- env HPK_UPLINK="$uplink" HPK_UNDERLAY="$underlay" sbatch --parsable --nodes=3 \
+        --chdir="$dir/job" --output="$dir/job/$uplink-$underlay.out" "$root/scripts/hpk.slurm")
     shared=$dir/job/hpk-$job
     for _ in $(seq 600); do
-        grep -q "cluster ready" "$dir/job/$uplink.out" 2>/dev/null && break
+        grep -q "cluster ready" "$dir/job/$uplink-$underlay.out" 2>/dev/null && break
         [ -n "$(in_login squeue -h -j "$job")" ] || break
         sleep 0.02
     done
-    grep -q "cluster ready" "$dir/job/$uplink.out" || { cat "$dir/job/$uplink.out" >&2; exit 1; }
+    grep -q "cluster ready" "$dir/job/$uplink-$underlay.out" || { cat "$dir/job/$uplink-$underlay.out" >&2; exit 1; }
     ready=$(( ($(date +%s%N) - start) / 1000000 ))
     enter 3 hpktainer run -d --name srv "$rootfs" iperf3 -s >/dev/null
     addr=$(enter 3 hpktainer ps --json | jq -r '.[] | select(.name == "srv") | .address')
     before=$(enter 3 ip -j -s link show flannel.1 | jq '.[0].stats64.rx.bytes')
+    drops0=$(rcvbuf_errors)
+    cpu0=$(busy)
     out=$(enter 1 hpktainer run "$rootfs" sh -c "sleep 0.5; iperf3 -c $addr -t $secs -J; ping -c 20 -i 0.05 $addr")
+    cpu1=$(busy)
+    drops=$(( $(rcvbuf_errors) - drops0 ))
     after=$(enter 3 ip -j -s link show flannel.1 | jq '.[0].stats64.rx.bytes')
-    gbps=$(echo "$out" | sed -n '/^{/,/^}/p' | bps) || { echo "$out" >&2; exit 1; }
+    json=$(echo "$out" | sed -n '/^{/,/^}/p')
+    gbps=$(echo "$json" | bps) || { echo "$out" >&2; exit 1; }
     lat=$(echo "$out" | rtt)
-    printf '%-34s %10s %8s %10s %12s\n' "container to container, $uplink" "$gbps" "$(ratio "$gbps" "$h2h")" "$lat" "$ready"
-    # Sanity: the bytes crossed the overlay (bubble 3's vxlan device), not another path.
-    moved=$(awk -v g="$gbps" -v s="$secs" 'BEGIN{ printf "%d", g * 1e9 * s / 8 }')
+    # (CPU includes the 0.5 s start and the pings: a small overestimate for all rows.)
+    row "container to container, $uplink, $underlay" "$gbps" "$(ratio "$gbps" "$h2h")" "$lat" \
+        "$(per_gb "$cpu0" "$cpu1" "$(echo "$json" | received)")" "$drops" "$ready"
+    # Sanity: the bytes crossed the overlay (bubble 3's flannel.1), not another path, and
+    # on the underlay asked for.
+    moved=$(echo "$json" | received)
     [ $((after - before)) -ge $((moved / 2)) ] ||
-        echo "WARNING: flannel.1 in bubble 3 received $((after - before)) bytes, iperf3 reported ~$moved" >&2
+        echo "WARNING: flannel.1 in bubble 3 received $((after - before)) bytes, iperf3 reported $moved" >&2
+    kind=$(enter 3 hpk-netd status --json | jq -r '.underlay.kind')
+    [ "$kind" = "$underlay" ] || echo "WARNING: bubble 3 runs the $kind underlay, not $underlay" >&2
     in_login scancel "$job"
     for _ in $(seq 300); do [ -z "$(in_login squeue -h -j "$job")" ] && ! pgrep -u "$user" -f hpk-bubble >/dev/null && break; sleep 0.05; done
     job=""
 done
 echo "ready: from sbatch to every bubble ready (the original sleeps >= 20 s to come up)"
+echo "CPU s/GB: busy CPU seconds of the whole machine (all hosts, bubbles, uplinks) per GB received"

@@ -20,7 +20,7 @@ use hpk_netd::sys::netlink::{LinkChange, Netlink};
 use serde::{Deserialize, Serialize};
 
 use crate::child::wait_for;
-use crate::cli::{InitArgs, Role};
+use crate::cli::{InitArgs, Role, UnderlayKind};
 use crate::record::SharedDir;
 use crate::signals::Signals;
 use crate::uplink::TAP;
@@ -34,6 +34,7 @@ pub struct Plan {
     pub host_ip: Ipv4Addr,
     /// MTU of the host's link: the overlay's is 50 less.
     pub host_mtu: u32,
+    pub underlay: UnderlayKind,
     pub etcd_port: u16,
     pub k3s_port: u16,
     /// flannel's network config (the controller writes it once).

@@ -1,10 +1,12 @@
-//! hpk-netd in the bubble: its etcd agent leases the bubble's subnet, vxlan leaves from
-//! the host's address (a /32 on the uplink), and the overlay MTU follows the host's link.
+//! hpk-netd in the bubble: its etcd agent leases the bubble's subnet; vxlan leaves on the
+//! host socket the launcher serves (or, kernel underlay, from the host's address as a /32
+//! on the uplink); the overlay MTU follows the host's link.
 
 use std::path::Path;
 use std::process::Command;
 
 use super::Plan;
+use crate::cli::UnderlayKind;
 use crate::init::mounts::RUN_DIR;
 use crate::uplink::TAP;
 
@@ -12,6 +14,9 @@ use crate::uplink::TAP;
 pub fn socket() -> String {
     format!("{RUN_DIR}/netd.sock")
 }
+
+/// Where the launcher serves the host socket, under the state dir.
+pub const UNDERLAY_SOCKET: &str = "underlay.sock";
 
 pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
     let mut cmd = Command::new(netd);
@@ -28,5 +33,11 @@ pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
         .arg(socket())
         .arg("--net-daemon")
         .arg(net_daemon);
+    match plan.underlay {
+        UnderlayKind::HostSocket => cmd
+            .arg("--underlay-socket")
+            .arg(format!("{RUN_DIR}/{UNDERLAY_SOCKET}")),
+        UnderlayKind::Kernel => cmd.args(["--underlay", "kernel"]),
+    };
     cmd
 }
