@@ -168,8 +168,8 @@ fn uplink(cfg: &AgentConfig) -> Result<Uplink> {
 
 /// MTU of the link vxlan really leaves the host on: configured, or the uplink's unless
 /// that is a userspace program's tap (65520 would make every datagram ~45 fragments).
-fn underlay_mtu(cfg: &AgentConfig, uplink: Option<&Uplink>) -> u32 {
-    if let Some(mtu) = cfg.underlay_mtu {
+fn underlay_mtu(configured: Option<u32>, uplink: Option<&Uplink>) -> u32 {
+    if let Some(mtu) = configured {
         return mtu;
     }
     match uplink {
@@ -313,7 +313,8 @@ impl EtcdSource {
     ) -> Result<(SharedVtep, Ipv4Addr)> {
         let cfg = self.cfg.clone();
         let up = tokio::task::spawn_blocking(move || uplink(&cfg)).await??;
-        let mtu = net_mtu.unwrap_or(underlay_mtu(&self.cfg, Some(&up)) - VXLAN_OVERHEAD);
+        let mtu =
+            net_mtu.unwrap_or(underlay_mtu(self.cfg.underlay_mtu, Some(&up)) - VXLAN_OVERHEAD);
         let spec = DeviceSpec {
             vni,
             local: up.public_ip,
@@ -352,7 +353,8 @@ impl EtcdSource {
         };
         let cfg = self.cfg.clone();
         let up = tokio::task::spawn_blocking(move || uplink(&cfg).ok()).await?;
-        let mtu = net_mtu.unwrap_or(underlay_mtu(&self.cfg, up.as_ref()) - VXLAN_OVERHEAD);
+        let mtu =
+            net_mtu.unwrap_or(underlay_mtu(self.cfg.underlay_mtu, up.as_ref()) - VXLAN_OVERHEAD);
         let name = format!("flannel.{vni}");
         let mac = underlay::device::vtep_mac(public_ip);
         let dev_name = name.clone();
@@ -422,5 +424,25 @@ impl EtcdSource {
         info!(subnet = %subnet, public_ip = %public_ip, device = device.name, "overlay ready");
         tokio::spawn(Agent { leases, network }.run(peers, revision));
         Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_underlay_mtu_is_a_real_links() {
+        let link = |mtu, is_tun| Uplink {
+            index: 2,
+            mtu,
+            is_tun,
+            public_ip: Ipv4Addr::new(192, 0, 2, 11),
+        };
+        assert_eq!(underlay_mtu(None, Some(&link(9000, false))), 9000);
+        // slirp4netns' or pasta's tap says nothing about the LAN.
+        assert_eq!(underlay_mtu(None, Some(&link(65520, true))), 1500);
+        assert_eq!(underlay_mtu(None, None), 1500);
+        assert_eq!(underlay_mtu(Some(1400), Some(&link(65520, true))), 1400);
     }
 }
