@@ -9,7 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use oci_spec::runtime::{Spec, State};
 
 use crate::client::Client;
-use crate::proto::{AttachRequest, Request, Response, ANNOTATION_IP, ANNOTATION_NETWORK};
+use crate::proto::{
+    AttachRequest, EndpointKind, Request, Response, ANNOTATION_ENDPOINT, ANNOTATION_IP,
+    ANNOTATION_NETWORK,
+};
 
 /// The OCI lifecycle points the hook handles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +64,10 @@ fn annotations(state: &State) -> Result<HashMap<String, String>> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wish {
     OptOut,
-    Attach { address: Option<Ipv4Addr> },
+    Attach {
+        address: Option<Ipv4Addr>,
+        endpoint: Option<EndpointKind>,
+    },
 }
 
 pub fn wish(annotations: &HashMap<String, String>) -> Result<Wish> {
@@ -77,7 +83,15 @@ pub fn wish(annotations: &HashMap<String, String>) -> Result<Wish> {
                 .map_err(|_| anyhow!("annotation {ANNOTATION_IP}={ip:?} is not an IPv4 address"))?,
         ),
     };
-    Ok(Wish::Attach { address })
+    let endpoint = match annotations.get(ANNOTATION_ENDPOINT) {
+        None => None,
+        Some(kind) => Some(
+            <EndpointKind as clap::ValueEnum>::from_str(kind, true).map_err(|_| {
+                anyhow!("annotation {ANNOTATION_ENDPOINT}={kind:?} is not understood (auto, veth or tap)")
+            })?,
+        ),
+    };
+    Ok(Wish::Attach { address, endpoint })
 }
 
 /// Runs one hook invocation against hpk-netd at `socket`.
@@ -86,9 +100,9 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
     let id = state.id().clone();
     match stage {
         Stage::Attach => {
-            let address = match wish(&annotations(state)?)? {
+            let (address, endpoint) = match wish(&annotations(state)?)? {
                 Wish::OptOut => return Ok(()),
-                Wish::Attach { address } => address,
+                Wish::Attach { address, endpoint } => (address, endpoint),
             };
             let pid = state.pid().ok_or_else(|| {
                 anyhow!("the OCI state of {id} has no pid: createRuntime needs the container's process (is this hook configured for the right stage?)")
@@ -100,6 +114,7 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
                 id: id.clone(),
                 pid,
                 address,
+                endpoint,
             }))? {
                 Response::Attached(_) => Ok(()),
                 Response::Error { message } => bail!("hpk-netd could not attach {id}: {message}"),
@@ -127,7 +142,22 @@ mod tests {
 
     #[test]
     fn annotations_decide() {
-        assert_eq!(wish(&ann(&[])).unwrap(), Wish::Attach { address: None });
+        assert_eq!(
+            wish(&ann(&[])).unwrap(),
+            Wish::Attach {
+                address: None,
+                endpoint: None
+            }
+        );
+        assert_eq!(
+            wish(&ann(&[(ANNOTATION_ENDPOINT, "veth")])).unwrap(),
+            Wish::Attach {
+                address: None,
+                endpoint: Some(EndpointKind::Veth)
+            }
+        );
+        let err = wish(&ann(&[(ANNOTATION_ENDPOINT, "vxlan")])).unwrap_err();
+        assert!(err.to_string().contains("auto, veth or tap"), "{err}");
         assert_eq!(
             wish(&ann(&[(ANNOTATION_NETWORK, "none")])).unwrap(),
             Wish::OptOut
@@ -135,7 +165,8 @@ mod tests {
         assert_eq!(
             wish(&ann(&[(ANNOTATION_IP, "10.244.3.7")])).unwrap(),
             Wish::Attach {
-                address: Some(Ipv4Addr::new(10, 244, 3, 7))
+                address: Some(Ipv4Addr::new(10, 244, 3, 7)),
+                endpoint: None
             }
         );
         assert!(wish(&ann(&[(ANNOTATION_IP, "10.244.3")])).is_err());

@@ -20,6 +20,31 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 pub const ANNOTATION_NETWORK: &str = "io.hpktainer.network";
 /// Annotation requesting a static address in the bubble's subnet.
 pub const ANNOTATION_IP: &str = "io.hpktainer.ip";
+/// Annotation choosing the endpoint kind (`auto`, `veth`, `tap`).
+pub const ANNOTATION_ENDPOINT: &str = "io.hpktainer.endpoint";
+
+/// How a container's interface is joined to the bubble's bridge.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// veth where hpk-netd can move a link into the container's namespace, else tap.
+    #[default]
+    Auto,
+    /// A veth pair: the kernel's own path, no forwarder process.
+    Veth,
+    /// Two taps and an hpk-net-daemon forwarder copying frames between them.
+    Tap,
+}
+
+impl std::fmt::Display for EndpointKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let value = self.to_possible_value().expect("no skipped variants");
+        f.write_str(value.get_name())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -38,6 +63,9 @@ pub struct AttachRequest {
     /// A static address, if the container asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
+    /// An endpoint kind, if the container asked for one (else hpk-netd's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointKind>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,8 +87,16 @@ pub struct Attachment {
     pub mtu: u32,
     /// Tap inside the container.
     pub tap: String,
-    /// Tap on the bubble's bridge.
+    /// The bubble-side link on the bridge (a tap, or the veth's bubble end).
     pub bubble_tap: String,
+    /// What the container got: `veth` or `tap` (records written before kinds existed
+    /// were taps).
+    #[serde(default = "tap_kind")]
+    pub kind: EndpointKind,
+}
+
+fn tap_kind() -> EndpointKind {
+    EndpointKind::Tap
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,7 +145,10 @@ pub struct EndpointStatus {
     pub pid: i32,
     pub netns: PathBuf,
     pub bubble_tap: String,
+    /// The forwarder's PID; 0 for a veth (it has none).
     pub forwarder_pid: i32,
+    #[serde(default = "tap_kind")]
+    pub kind: EndpointKind,
     /// Bytes and frames the bubble-side tap sent to and received from the container.
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
@@ -143,6 +182,7 @@ mod tests {
             id: "c1".into(),
             pid: 42,
             address: None,
+            endpoint: None,
         });
         assert_eq!(
             serde_json::to_string(&req).unwrap(),

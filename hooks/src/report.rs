@@ -59,20 +59,32 @@ pub fn table(s: &Status) -> String {
     writeln!(out).unwrap();
     writeln!(
         out,
-        "{:<24} {:<16} {:>8} {:<16} {:>9} {:>14} {:>14}",
-        "CONTAINER", "ADDRESS", "PID", "BUBBLE TAP", "FORWARDER", "TO (bytes)", "FROM (bytes)"
+        "{:<24} {:<16} {:>8} {:<5} {:<16} {:>9} {:>14} {:>14}",
+        "CONTAINER",
+        "ADDRESS",
+        "PID",
+        "KIND",
+        "BUBBLE LINK",
+        "FORWARDER",
+        "TO (bytes)",
+        "FROM (bytes)"
     )
     .unwrap();
     for e in &s.endpoints {
         let c = |k: &str| e.counters.get(k).copied().unwrap_or(0);
         writeln!(
             out,
-            "{:<24} {:<16} {:>8} {:<16} {:>9} {:>14} {:>14}",
+            "{:<24} {:<16} {:>8} {:<5} {:<16} {:>9} {:>14} {:>14}",
             e.id,
             e.address,
             e.pid,
+            e.kind.to_string(),
             e.bubble_tap,
-            e.forwarder_pid,
+            if e.forwarder_pid == 0 {
+                "-".to_owned()
+            } else {
+                e.forwarder_pid.to_string()
+            },
             c("to_container_bytes"),
             c("from_container_bytes")
         )

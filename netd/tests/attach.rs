@@ -15,10 +15,32 @@ use testkit::world::echo_from;
 use testkit::*;
 
 #[test]
-fn containers_get_addresses_reach_each_other_and_the_outside() {
-    let s = Site::flannel("10.244.3.1/24");
+fn veth_endpoints_get_addresses_reach_each_other_and_the_outside() {
+    reach_each_other_and_the_outside(&[], "veth");
+}
+
+#[test]
+fn tap_endpoints_get_addresses_reach_each_other_and_the_outside() {
+    reach_each_other_and_the_outside(&["--endpoint", "tap"], "tap");
+}
+
+/// Two containers on hpk-netd started with `flags`, whose endpoints are of `kind`.
+fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
+    let s = Site::flannel_with("10.244.3.1/24", flags);
     let c1 = s.host.runc.run("c1", &s.host.bundle).expect("c1 starts");
     let c2 = s.host.runc.run("c2", &s.host.bundle).expect("c2 starts");
+    assert_eq!(
+        s.host.kinds(),
+        [
+            ("c1".to_owned(), kind.to_owned()),
+            ("c2".into(), kind.into())
+        ]
+    );
+    // The container's interface is tap0 whatever its kind (a veth shows its peer).
+    let link =
+        String::from_utf8_lossy(&c1.exec(&["ip", "link", "show", "tap0"]).stdout).into_owned();
+    assert_eq!(link.contains("tap0@if"), kind == "veth", "{link}");
+    assert_eq!(s.host.forwarders().len(), if kind == "tap" { 2 } else { 0 });
     let (a1, a2) = (s.host.address_of("c1"), s.host.address_of("c2"));
     assert_ne!(a1, a2);
     let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
@@ -134,7 +156,7 @@ fn killed_runtime_endpoint_is_reclaimed() {
 
 #[test]
 fn netd_restart_keeps_traffic_flowing() {
-    let mut s = Site::flannel("10.244.3.1/24");
+    let mut s = Site::flannel_with("10.244.3.1/24", &["--endpoint", "tap"]);
     let c1 = s.host.runc.run("r1", &s.host.bundle).unwrap();
     let c2 = s.host.runc.run("r2", &s.host.bundle).unwrap();
     let a2 = s.host.address_of("r2");
@@ -144,7 +166,7 @@ fn netd_restart_keeps_traffic_flowing() {
     let transfer = tcp_stream(&c2.netns(), &c1.netns(), a2, 16 << 20, done.clone());
     let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGTERM);
     assert_eq!(code, Some(0));
-    s.host.start_netd(&[]);
+    s.host.start_netd(&["--endpoint", "tap"]);
     done.store(true, Ordering::SeqCst);
     let moved = transfer.check();
     assert!(moved >= 16 << 20);
@@ -180,6 +202,53 @@ fn netd_restart_keeps_traffic_flowing() {
     c1.stop();
     c2.stop();
     s.host.netd().assert_empty(&s.host.ns, &fw);
+}
+
+#[test]
+fn netd_restart_adopts_veth_endpoints_and_rebuilds_a_missing_one() {
+    let mut s = Site::flannel("10.244.3.1/24");
+    let c1 = s.host.runc.run("v1", &s.host.bundle).unwrap();
+    let c2 = s.host.runc.run("v2", &s.host.bundle).unwrap();
+    let a2 = s.host.address_of("v2");
+    let before = s.host.netd().status().endpoints;
+    assert!(before.iter().all(|e| e.kind.to_string() == "veth"));
+
+    // A veth needs nobody while hpk-netd is away: traffic flows through the restart.
+    let done = Arc::new(AtomicBool::new(false));
+    let transfer = tcp_stream(&c2.netns(), &c1.netns(), a2, 16 << 20, done.clone());
+    let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert!(c1.ping(&a2.to_string()), "veth traffic needs no hpk-netd");
+    s.host.start_netd(&[]);
+    done.store(true, Ordering::SeqCst);
+    assert!(transfer.check() >= 16 << 20);
+
+    // While hpk-netd is away again, one pair is removed behind its back.
+    let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    let v2 = before.iter().find(|e| e.id == "v2").unwrap();
+    s.host.ns.ip(&["link", "del", &v2.bubble_tap]);
+    s.host.start_netd(&[]);
+    assert!(
+        s.host
+            .netd()
+            .log()
+            .contains("data path gone while hpk-netd was down; rebuilding it"),
+        "{}",
+        s.host.netd().log()
+    );
+    let after = s.host.netd().status().endpoints;
+    let key = |e: &hpk_hook::proto::EndpointStatus| (e.id.clone(), e.address, e.pid, e.kind);
+    assert_eq!(
+        before.iter().map(key).collect::<Vec<_>>(),
+        after.iter().map(key).collect::<Vec<_>>(),
+        "endpoints were not adopted unchanged"
+    );
+    // The rebuilt pair has the same MAC (from the address): c1's neighbour entry holds.
+    assert!(c1.ping(&a2.to_string()), "no traffic to the rebuilt veth");
+    c1.stop();
+    c2.stop();
+    s.host.netd().assert_empty(&s.host.ns, &[]);
 }
 
 #[test]
@@ -223,8 +292,45 @@ fn annotations_opt_out_and_request_an_address() {
         .run("clash", &fixed)
         .expect_err("a second claim of the same address");
     assert!(err.contains("10.244.3.200 is in use by fixed"), "{err}");
+
+    // A container may ask for its endpoint kind; others get hpk-netd's (auto: veth).
+    let tapped = bundle(
+        &s.scratch.0,
+        "tapped",
+        &spec(&[("io.hpktainer.endpoint", "tap")]),
+    );
+    let t = s
+        .host
+        .runc
+        .run("tapped", &tapped)
+        .expect("tap container starts");
+    assert_eq!(
+        s.host.kinds(),
+        [
+            ("fixed".to_owned(), "veth".to_owned()),
+            ("tapped".into(), "tap".into())
+        ]
+    );
+    assert!(t.ping("10.244.3.200"), "tap to veth");
+    let bad = bundle(
+        &s.scratch.0,
+        "bad-kind",
+        &spec(&[("io.hpktainer.endpoint", "vxlan")]),
+    );
+    let err = s
+        .host
+        .runc
+        .run("bad-kind", &bad)
+        .expect_err("an unknown kind");
+    assert!(
+        err.contains("io.hpktainer.endpoint=")
+            && err.contains("is not understood (auto, veth or tap)"),
+        "{err}"
+    );
     let fw = s.host.forwarders();
+    assert_eq!(fw.len(), 1);
     c.stop();
+    t.stop();
     s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 

@@ -66,14 +66,15 @@ impl Host {
         self.netd = Some(Netd::start(&self.ns, &self.dir, extra));
     }
 
-    /// Starts hpk-netd on a flanneld-style subnet.env for `subnet_with_gw` (MTU 1450).
-    pub fn start_netd_flannel(&mut self, subnet_with_gw: &str) {
+    /// Starts hpk-netd on a flanneld-style subnet.env for `subnet_with_gw` (MTU 1450),
+    /// with `extra` flags.
+    pub fn start_netd_flannel(&mut self, subnet_with_gw: &str, extra: &[&str]) {
         std::fs::write(
             self.dir.join("subnet.env"),
             subnet_env(subnet_with_gw, 1450, false),
         )
         .unwrap();
-        self.start_netd(&[]);
+        self.start_netd(extra);
     }
 
     /// The flags of hpk-netd's etcd source on this host.
@@ -140,14 +141,28 @@ impl Host {
             .address
     }
 
-    /// PIDs of the forwarders of every endpoint.
+    /// PIDs of the forwarders of every tap endpoint.
     pub fn forwarders(&self) -> Vec<i32> {
         self.netd()
             .status()
             .endpoints
             .iter()
             .map(|e| e.forwarder_pid)
+            .filter(|pid| *pid != 0)
             .collect()
+    }
+
+    /// The endpoint kinds in status, by container id.
+    pub fn kinds(&self) -> Vec<(String, String)> {
+        let mut kinds: Vec<_> = self
+            .netd()
+            .status()
+            .endpoints
+            .iter()
+            .map(|e| (e.id.clone(), e.kind.to_string()))
+            .collect();
+        kinds.sort();
+        kinds
     }
 
     /// Starts the sleeper bundle as container `id`; returns it with its address.
@@ -195,8 +210,13 @@ impl Site {
 
     /// A site whose hpk-netd takes `subnet_with_gw` from a flanneld subnet.env.
     pub fn flannel(subnet_with_gw: &str) -> Site {
+        Site::flannel_with(subnet_with_gw, &[])
+    }
+
+    /// The same, hpk-netd started with `extra` flags (e.g. `--endpoint tap`).
+    pub fn flannel_with(subnet_with_gw: &str, extra: &[&str]) -> Site {
         let mut site = Site::new();
-        site.host.start_netd_flannel(subnet_with_gw);
+        site.host.start_netd_flannel(subnet_with_gw, extra);
         site
     }
 }

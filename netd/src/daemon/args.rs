@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::config::{Config, Masquerade, SourceKind, UnderlayKind};
+use super::config::{Config, EndpointKind, Masquerade, SourceKind, UnderlayKind};
 
 /// Flags override the config file; each also reads an HPK_NETD_* variable.
 #[derive(Debug, Args)]
@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Name of the tap inside each container.
     #[arg(long, env = "HPK_NETD_CONTAINER_TAP", value_name = "NAME")]
     container_tap: Option<String>,
+    /// How containers are joined to the bridge: a veth pair (the kernel's path), a tap
+    /// pair with an hpk-net-daemon forwarder, or auto (veth where possible).
+    #[arg(long, env = "HPK_NETD_ENDPOINT", value_enum)]
+    endpoint: Option<EndpointKind>,
     /// The hpk-net-daemon binary.
     #[arg(long, env = "HPK_NETD_NET_DAEMON", value_name = "PATH")]
     net_daemon: Option<String>,
@@ -116,6 +120,7 @@ impl RunArgs {
         set!(bridge <- self.bridge);
         set!(masquerade <- self.masquerade);
         set!(container_tap <- self.container_tap);
+        set!(endpoint <- self.endpoint);
         set!(net_daemon <- self.net_daemon);
         set!(subnet.subnet_file <- self.subnet_file);
         set!(subnet.source <- self.subnet_source);

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
+pub use hpk_hook::proto::EndpointKind;
+
 use crate::sys::tap::validate_ifname;
 use crate::sys::users::parse_mode;
 
@@ -189,8 +191,11 @@ pub struct Config {
     /// The bubble's bridge.
     pub bridge: String,
     pub masquerade: Masquerade,
-    /// Name of the tap inside each container.
+    /// Name of the interface inside each container (whatever its kind).
     pub container_tap: String,
+    /// Endpoint kind of containers that do not ask for one (annotation
+    /// io.hpktainer.endpoint).
+    pub endpoint: EndpointKind,
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
     pub net_daemon: String,
     pub subnet: SubnetConfig,
@@ -207,6 +212,7 @@ impl Default for Config {
             bridge: "hpk-bridge".into(),
             masquerade: Masquerade::Auto,
             container_tap: "tap0".into(),
+            endpoint: EndpointKind::Auto,
             net_daemon: String::new(),
             subnet: SubnetConfig::default(),
         }

@@ -103,6 +103,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
             bridge: cfg.bridge.clone(),
             container_tap: cfg.container_tap.clone(),
             net_daemon: cfg.net_daemon_path(),
+            endpoint: cfg.endpoint,
         },
         ipam,
         store,

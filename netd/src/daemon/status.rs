@@ -61,7 +61,8 @@ fn endpoint_status(r: Record, links: &[LinkSummary]) -> EndpointStatus {
         pid: r.spec.pid,
         netns: r.spec.netns(),
         bubble_tap: att.bubble_tap.clone(),
-        forwarder_pid: r.forwarder.pid,
+        forwarder_pid: r.forwarder.map_or(0, |f| f.pid),
+        kind: att.kind,
         counters,
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
+use super::build;
 use super::store::Record;
 use super::table::Endpoints;
 use crate::sys::process::ProcId;
@@ -40,9 +41,13 @@ impl Endpoints {
                     }
                     continue;
                 }
-                if !record.forwarder.alive() {
-                    warn!(id, "forwarder gone while hpk-netd was down; restarting it");
-                    match svc.start_forwarder(&record.spec) {
+                let intact = match record.forwarder {
+                    Some(f) => f.alive(),
+                    None => build::bubble_link_exists(&record.spec.attachment.bubble_tap),
+                };
+                if !intact {
+                    warn!(id, kind = %record.spec.attachment.kind, "data path gone while hpk-netd was down; rebuilding it");
+                    match svc.start_data_path(&record.spec) {
                         Ok(f) => record.forwarder = f,
                         Err(e) => {
                             error!(id, error = %format!("{e:#}"), "cannot restart; detaching");
@@ -67,7 +72,7 @@ impl Endpoints {
         .await
         .context("adoption task failed")?;
         for record in kept {
-            info!(id = record.spec.id(), address = %record.spec.attachment.address, forwarder = record.forwarder.pid, "adopted endpoint");
+            info!(id = record.spec.id(), address = %record.spec.attachment.address, kind = %record.spec.attachment.kind, "adopted endpoint");
             self.install(record);
         }
         Ok(())

@@ -1,11 +1,14 @@
-//! Building a container's endpoint: its tap (address, route, MTU) inside its namespace,
-//! and the bubble-side tap on the bridge. Blocking: runs on a worker thread.
+//! Building a container's endpoint: its interface (address, route, MTU) inside its
+//! namespace and the bubble-side link on the bridge; either a veth pair (the kernel's own
+//! path) or two taps for a forwarder. Blocking: runs on a worker thread.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use hpk_hook::proto::Attachment;
 
 use super::EndpointSpec;
 use crate::sys::netlink::{LinkChange, Netlink};
@@ -27,9 +30,45 @@ pub fn check_own_netns(netns: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The container interface's MAC, from its address (as CNI's bridge plugin does): a
+/// rebuilt endpoint keeps it, so its neighbours' ARP entries stay right.
+pub fn container_mac(address: Ipv4Addr) -> [u8; 6] {
+    let o = address.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// MAC, address, default route, MTU and `up` for the container's interface, and `lo`
+/// up; runs inside the container's namespace.
+fn configure_inside(inner: &Attachment) -> Result<()> {
+    let mut nl = Netlink::open()?;
+    let index = nl.link_index(&inner.tap)?.context("interface vanished")?;
+    nl.set_link(
+        index,
+        LinkChange {
+            address: Some(container_mac(inner.address)),
+            ..LinkChange::default()
+        },
+    )
+    .with_context(|| format!("cannot set the MAC of {}", inner.tap))?;
+    nl.configure(&inner.tap, inner.mtu, None)?;
+    nl.add_ipv4_address(index, inner.address, inner.prefix_len)?;
+    nl.replace_ipv4_route(Ipv4Addr::UNSPECIFIED, 0, Some(inner.gateway), index, false)?;
+    if let Some(lo) = nl.link_index("lo")? {
+        nl.set_link(
+            lo,
+            LinkChange {
+                up: true,
+                ..LinkChange::default()
+            },
+        )
+        .context("cannot bring lo up")?;
+    }
+    Ok(())
+}
+
 /// Creates and configures both taps; returns (container tap, bubble tap). On error,
 /// whatever was made is dropped, which removes it.
-pub fn build(spec: &EndpointSpec) -> Result<(Tap, Tap)> {
+pub fn build_taps(spec: &EndpointSpec) -> Result<(Tap, Tap)> {
     let netns = NetnsRef::parse(&spec.netns().to_string_lossy())?;
     check_own_netns(netns.path())?;
     let opts = TapOptions { vnet_hdr: true };
@@ -37,21 +76,7 @@ pub fn build(spec: &EndpointSpec) -> Result<(Tap, Tap)> {
     let container = netns
         .run(move || {
             let tap = Tap::create(&inner.tap, opts)?;
-            let mut nl = Netlink::open()?;
-            nl.configure(&inner.tap, inner.mtu, None)?;
-            let index = nl.link_index(&inner.tap)?.context("tap vanished")?;
-            nl.add_ipv4_address(index, inner.address, inner.prefix_len)?;
-            nl.replace_ipv4_route(Ipv4Addr::UNSPECIFIED, 0, Some(inner.gateway), index, false)?;
-            if let Some(lo) = nl.link_index("lo")? {
-                nl.set_link(
-                    lo,
-                    LinkChange {
-                        up: true,
-                        ..LinkChange::default()
-                    },
-                )
-                .context("cannot bring lo up")?;
-            }
+            configure_inside(&inner)?;
             Ok(tap)
         })
         .with_context(|| format!("container side of {} (in {netns})", spec.id()))?;
@@ -63,13 +88,69 @@ pub fn build(spec: &EndpointSpec) -> Result<(Tap, Tap)> {
     Ok((container, bubble))
 }
 
-/// Removes the bubble-side tap if something left it behind (normally it goes with its
-/// forwarder).
-pub fn remove_bubble_tap(name: &str) -> Result<()> {
+/// Why a veth could not be made where a tap pair still can.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot move a link into {netns}: {source} (hpk-netd needs CAP_NET_ADMIN over the container's network namespace)")]
+pub struct VethNotPossible {
+    netns: String,
+    source: std::io::Error,
+}
+
+/// Creates the veth pair, its container end born inside the container's namespace under
+/// the container's interface name, and configures both ends. On error nothing is left:
+/// removing the bubble end removes the pair.
+pub fn build_veth(spec: &EndpointSpec) -> Result<()> {
+    let netns = NetnsRef::parse(&spec.netns().to_string_lossy())?;
+    check_own_netns(netns.path())?;
+    let att = &spec.attachment;
+    let ns_file = netns.open()?;
+    Netlink::open()?
+        .create_veth(&att.bubble_tap, &att.tap, ns_file.as_raw_fd(), att.mtu)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => anyhow!(VethNotPossible {
+                netns: netns.to_string(),
+                source: e,
+            }),
+            Some(libc::EEXIST) => anyhow!(
+                "interface name {:?} is already taken in the container, or {:?} in the bubble",
+                att.tap,
+                att.bubble_tap
+            ),
+            _ => anyhow!(
+                "cannot create the veth pair {} / {}: {e}",
+                att.bubble_tap,
+                att.tap
+            ),
+        })?;
+    let inner = att.clone();
+    let configured = netns
+        .run(move || configure_inside(&inner))
+        .with_context(|| format!("container side of {} (in {netns})", spec.id()))
+        .and_then(|()| {
+            Netlink::open()?
+                .configure(&att.bubble_tap, att.mtu, Some(&spec.bridge))
+                .with_context(|| format!("bubble side of {}", spec.id()))
+        });
+    if configured.is_err() {
+        let _ = remove_bubble_link(&att.bubble_tap);
+    }
+    configured
+}
+
+/// Removes the bubble-side link: a veth (which takes its container end along), or a
+/// tap a forwarder left behind (normally it goes with its forwarder).
+pub fn remove_bubble_link(name: &str) -> Result<()> {
     let mut nl = Netlink::open()?;
     if let Some(index) = nl.link_index(name)? {
         nl.delete_link(index)
             .with_context(|| format!("cannot remove {name}"))?;
     }
     Ok(())
+}
+
+/// Whether the bubble-side link `name` exists.
+pub fn bubble_link_exists(name: &str) -> bool {
+    Netlink::open()
+        .and_then(|mut nl| nl.link_index(name))
+        .is_ok_and(|i| i.is_some())
 }

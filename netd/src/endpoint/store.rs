@@ -15,7 +15,8 @@ use crate::sys::process::ProcId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub spec: EndpointSpec,
-    pub forwarder: ProcId,
+    /// The forwarder of a tap endpoint; a veth has none.
+    pub forwarder: Option<ProcId>,
 }
 
 pub struct Store {

@@ -1,7 +1,7 @@
 //! Supervision of one endpoint: a task waits on two pidfds, the container's process (its
-//! exit without a poststop detaches the endpoint) and the forwarder's (its death while
-//! the container lives rebuilds the data path with the same address, within a restart
-//! budget).
+//! exit without a poststop detaches the endpoint) and the forwarder's of a tap endpoint
+//! (its death while the container lives rebuilds the data path with the same address,
+//! within a restart budget). A veth has no process: only the container is watched.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -44,7 +44,8 @@ impl Endpoints {
         let mut restarts = 0u32;
         let mut last_restart = Instant::now();
         loop {
-            let forwarder_fd = record.forwarder.watch().and_then(exit_notifier);
+            let forwarder = record.forwarder;
+            let forwarder_fd = forwarder.and_then(|f| f.watch()).and_then(exit_notifier);
             tokio::select! {
                 // A detach wins over anything that happens at the same moment.
                 biased;
@@ -54,13 +55,16 @@ impl Endpoints {
                     return;
                 }
                 _ = async {
-                    // No pidfd means the forwarder is already gone.
-                    if let Some(fd) = &forwarder_fd {
-                        let _ = fd.readable().await;
+                    match (forwarder, &forwarder_fd) {
+                        (None, _) => std::future::pending::<()>().await,
+                        (Some(_), Some(fd)) => { let _ = fd.readable().await; }
+                        // No pidfd means the forwarder is already gone.
+                        (Some(_), None) => {}
                     }
                 } => {}
             }
-            reap(record.forwarder.pid);
+            let Some(dead) = forwarder else { return };
+            reap(dead.pid);
             if !self.still_ours(&id, &stop) {
                 return;
             }
@@ -87,7 +91,7 @@ impl Endpoints {
             }
             warn!(
                 id,
-                pid = record.forwarder.pid,
+                pid = dead.pid,
                 forwarder_log = tail,
                 "forwarder exited while its container runs; restarting it"
             );
@@ -99,9 +103,10 @@ impl Endpoints {
             }
             let svc = self.clone();
             let spec = record.spec.clone();
-            let started = tokio::task::spawn_blocking(move || svc.start_forwarder(&spec)).await;
+            let started = tokio::task::spawn_blocking(move || svc.start_data_path(&spec)).await;
             let forwarder = match started {
-                Ok(Ok(f)) => f,
+                Ok(Ok(Some(f))) => f,
+                Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
                     error!(id, error = %format!("{e:#}"), "cannot restart the forwarder");
                     let _ = self.detach(&id, "forwarder could not be restarted");
@@ -109,13 +114,13 @@ impl Endpoints {
                 }
                 Err(_) => return,
             };
-            record.forwarder = forwarder;
+            record.forwarder = Some(forwarder);
             // A detach may have come while we rebuilt: then the new forwarder is not ours.
             let still_ours = {
                 let mut slots = self.slots.lock().unwrap();
                 match slots.get_mut(&id) {
                     Some(Slot::Ready { record: r, stop: s }) if Arc::ptr_eq(s, &stop) => {
-                        r.forwarder = forwarder;
+                        r.forwarder = Some(forwarder);
                         true
                     }
                     _ => false,

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use hpk_hook::proto::{AttachRequest, Attachment};
+use hpk_hook::proto::{AttachRequest, Attachment, EndpointKind};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use super::build::{self, check_own_netns};
+use super::build::{self, check_own_netns, VethNotPossible};
 use super::forwarder;
 use super::store::{Record, Store};
 use super::{bubble_tap_name, netns_of, validate_id, EndpointSpec};
@@ -45,6 +45,8 @@ pub struct Settings {
     pub container_tap: String,
     /// The hpk-net-daemon binary.
     pub net_daemon: PathBuf,
+    /// The endpoint kind of containers that do not ask for one.
+    pub endpoint: EndpointKind,
 }
 
 pub struct Endpoints {
@@ -64,9 +66,13 @@ impl Endpoints {
         })
     }
 
-    /// Builds the data path of `spec` and starts its forwarder.
-    pub(super) fn start_forwarder(&self, spec: &EndpointSpec) -> Result<ProcId> {
-        let (container, bubble) = build::build(spec)?;
+    /// Builds the data path of `spec`: a veth pair, or two taps and their forwarder.
+    pub(super) fn start_data_path(&self, spec: &EndpointSpec) -> Result<Option<ProcId>> {
+        if spec.attachment.kind == EndpointKind::Veth {
+            build::build_veth(spec)?;
+            return Ok(None);
+        }
+        let (container, bubble) = build::build_taps(spec)?;
         forwarder::spawn(
             &self.settings.net_daemon,
             container,
@@ -74,6 +80,24 @@ impl Endpoints {
             spec.pid,
             &self.store.log_path(spec.id()),
         )
+        .map(Some)
+    }
+
+    /// Builds `spec` as the kind `wanted`: `auto` is a veth where hpk-netd may move a link
+    /// into the container's namespace, else a tap pair (said in the log, with why).
+    fn start_kind(&self, spec: &mut EndpointSpec, wanted: EndpointKind) -> Result<Option<ProcId>> {
+        spec.attachment.kind = match wanted {
+            EndpointKind::Auto => EndpointKind::Veth,
+            kind => kind,
+        };
+        match self.start_data_path(spec) {
+            Err(e) if wanted == EndpointKind::Auto && e.is::<VethNotPossible>() => {
+                info!(id = spec.id(), reason = %e, "no veth here; the endpoint is a tap pair with a forwarder");
+                spec.attachment.kind = EndpointKind::Tap;
+                self.start_data_path(spec)
+            }
+            other => other,
+        }
     }
 
     /// The blocking part of an attach; undoes its own work on failure.
@@ -84,7 +108,7 @@ impl Endpoints {
         check_own_netns(&netns_of(req.pid))?;
         let address = self.ipam.allocate(&req.id, req.address)?;
         let env = &self.settings.env;
-        let spec = EndpointSpec {
+        let mut spec = EndpointSpec {
             attachment: Attachment {
                 id: req.id.clone(),
                 address,
@@ -93,15 +117,17 @@ impl Endpoints {
                 mtu: env.mtu,
                 tap: self.settings.container_tap.clone(),
                 bubble_tap: bubble_tap_name(&req.id),
+                kind: EndpointKind::Auto,
             },
             pid: req.pid,
             pid_start: proc_id.start,
             bridge: self.settings.bridge.clone(),
         };
-        let record = self.start_forwarder(&spec).and_then(|forwarder| {
+        let wanted = req.endpoint.unwrap_or(self.settings.endpoint);
+        let record = self.start_kind(&mut spec, wanted).and_then(|forwarder| {
             let record = Record { spec, forwarder };
             if let Err(e) = self.store.save(&record) {
-                forwarder::stop(forwarder, STOP_GRACE);
+                self.stop_data_path(&record);
                 return Err(e);
             }
             Ok(record)
@@ -160,7 +186,8 @@ impl Endpoints {
             .and_then(|r| r);
         match built {
             Ok(record) => {
-                info!(id, address = %record.spec.attachment.address, forwarder = record.forwarder.pid, "attached");
+                let att = &record.spec.attachment;
+                info!(id, address = %att.address, kind = %att.kind, forwarder = ?record.forwarder.map(|f| f.pid), "attached");
                 let att = record.spec.attachment.clone();
                 self.install(record);
                 Ok(att)
@@ -215,13 +242,21 @@ impl Endpoints {
         }
     }
 
-    /// Stops the forwarder (its taps go with it) and frees the address and records.
-    pub(super) fn teardown(&self, record: &Record) {
-        forwarder::stop(record.forwarder, STOP_GRACE);
-        let att = &record.spec.attachment;
-        if let Err(e) = build::remove_bubble_tap(&att.bubble_tap) {
-            warn!(id = att.id, error = %e, "bubble tap cleanup");
+    /// Removes the data path: the forwarder (its taps go with it), or the veth pair.
+    fn stop_data_path(&self, record: &Record) {
+        if let Some(f) = record.forwarder {
+            forwarder::stop(f, STOP_GRACE);
         }
+        let att = &record.spec.attachment;
+        if let Err(e) = build::remove_bubble_link(&att.bubble_tap) {
+            warn!(id = att.id, error = %e, "bubble link cleanup");
+        }
+    }
+
+    /// Removes the data path and frees the address and records.
+    pub(super) fn teardown(&self, record: &Record) {
+        self.stop_data_path(record);
+        let att = &record.spec.attachment;
         if let Err(e) = self.ipam.release(att.address, &att.id) {
             warn!(id = att.id, error = %e, "address release");
         }
