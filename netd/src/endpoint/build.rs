@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hpk_hook::proto::Attachment;
 
 use super::EndpointSpec;
-use crate::sys::netlink::{LinkChange, Netlink};
+use crate::sys::netlink::{LinkChange, Netlink, VethPair, LOOPBACK_INDEX};
 use crate::sys::netns::NetnsRef;
 use crate::sys::tap::{Tap, TapOptions};
 
@@ -37,9 +37,23 @@ pub fn container_mac(address: Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
-/// MAC, address, default route, MTU and `up` for the container's interface, and `lo`
-/// up; runs inside the container's namespace.
-fn configure_inside(inner: &Attachment) -> Result<()> {
+/// Address and default route of the container's interface `index`, and `lo` up; runs
+/// inside the container's namespace.
+fn address_inside(nl: &mut Netlink, index: u32, inner: &Attachment) -> Result<()> {
+    nl.add_ipv4_address(index, inner.address, inner.prefix_len)?;
+    nl.replace_ipv4_route(Ipv4Addr::UNSPECIFIED, 0, Some(inner.gateway), index, false)?;
+    nl.set_link(
+        LOOPBACK_INDEX,
+        LinkChange {
+            up: true,
+            ..LinkChange::default()
+        },
+    )
+    .context("cannot bring lo up")
+}
+
+/// The container's tap: MAC, MTU, up, address and route; runs inside its namespace.
+fn configure_tap_inside(inner: &Attachment) -> Result<()> {
     let mut nl = Netlink::open()?;
     let index = nl.link_index(&inner.tap)?.context("interface vanished")?;
     nl.set_link(
@@ -51,19 +65,7 @@ fn configure_inside(inner: &Attachment) -> Result<()> {
     )
     .with_context(|| format!("cannot set the MAC of {}", inner.tap))?;
     nl.configure(&inner.tap, inner.mtu, None)?;
-    nl.add_ipv4_address(index, inner.address, inner.prefix_len)?;
-    nl.replace_ipv4_route(Ipv4Addr::UNSPECIFIED, 0, Some(inner.gateway), index, false)?;
-    if let Some(lo) = nl.link_index("lo")? {
-        nl.set_link(
-            lo,
-            LinkChange {
-                up: true,
-                ..LinkChange::default()
-            },
-        )
-        .context("cannot bring lo up")?;
-    }
-    Ok(())
+    address_inside(&mut nl, index, inner)
 }
 
 /// Creates and configures both taps; returns (container tap, bubble tap). On error,
@@ -76,7 +78,7 @@ pub fn build_taps(spec: &EndpointSpec) -> Result<(Tap, Tap)> {
     let container = netns
         .run(move || {
             let tap = Tap::create(&inner.tap, opts)?;
-            configure_inside(&inner)?;
+            configure_tap_inside(&inner)?;
             Ok(tap)
         })
         .with_context(|| format!("container side of {} (in {netns})", spec.id()))?;
@@ -104,33 +106,54 @@ pub fn build_veth(spec: &EndpointSpec) -> Result<()> {
     check_own_netns(netns.path())?;
     let att = &spec.attachment;
     let ns_file = netns.open()?;
-    Netlink::open()?
-        .create_veth(&att.bubble_tap, &att.tap, ns_file.as_raw_fd(), att.mtu)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM | libc::EACCES) => anyhow!(VethNotPossible {
-                netns: netns.to_string(),
-                source: e,
-            }),
-            Some(libc::EEXIST) => anyhow!(
-                "interface name {:?} is already taken in the container, or {:?} in the bubble",
-                att.tap,
-                att.bubble_tap
-            ),
-            _ => anyhow!(
-                "cannot create the veth pair {} / {}: {e}",
-                att.bubble_tap,
-                att.tap
-            ),
-        })?;
+    let mut nl = Netlink::open()?;
+    let master = nl.link_index(&spec.bridge)?.ok_or_else(|| {
+        anyhow!(
+            "bridge {:?} does not exist in this network namespace",
+            spec.bridge
+        )
+    })?;
+    // Both ends are named, sized, addressed (MAC), bridged and up in this one request.
+    nl.create_veth(&VethPair {
+        name: att.bubble_tap.clone(),
+        master,
+        peer: att.tap.clone(),
+        peer_netns: ns_file.as_raw_fd(),
+        peer_mac: container_mac(att.address),
+        mtu: att.mtu,
+    })
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => anyhow!(VethNotPossible {
+            netns: netns.to_string(),
+            source: e,
+        }),
+        Some(libc::EEXIST) => anyhow!(
+            "interface name {:?} is already taken in the container, or {:?} in the bubble",
+            att.tap,
+            att.bubble_tap
+        ),
+        _ => anyhow!(
+            "cannot create the veth pair {} / {}: {e}",
+            att.bubble_tap,
+            att.tap
+        ),
+    })?;
     let inner = att.clone();
     let configured = netns
-        .run(move || configure_inside(&inner))
-        .with_context(|| format!("container side of {} (in {netns})", spec.id()))
-        .and_then(|()| {
-            Netlink::open()?
-                .configure(&att.bubble_tap, att.mtu, Some(&spec.bridge))
-                .with_context(|| format!("bubble side of {}", spec.id()))
-        });
+        .run(move || {
+            let mut nl = Netlink::open()?;
+            let index = nl.link_index(&inner.tap)?.context("interface vanished")?;
+            nl.set_link(
+                index,
+                LinkChange {
+                    up: true,
+                    ..LinkChange::default()
+                },
+            )
+            .with_context(|| format!("cannot bring {} up", inner.tap))?;
+            address_inside(&mut nl, index, &inner)
+        })
+        .with_context(|| format!("container side of {} (in {netns})", spec.id()));
     if configured.is_err() {
         let _ = remove_bubble_link(&att.bubble_tap);
     }

@@ -35,6 +35,20 @@ pub struct LinkChange {
     pub master: Option<u32>,
 }
 
+/// A veth pair to create: see [`Netlink::create_veth`].
+#[derive(Clone, Debug)]
+pub struct VethPair {
+    pub name: String,
+    pub master: u32,
+    pub peer: String,
+    pub peer_netns: std::os::fd::RawFd,
+    pub peer_mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// The loopback device's index, the same in every network namespace.
+pub const LOOPBACK_INDEX: u32 = 1;
+
 /// A blocking rtnetlink socket bound to the caller's network namespace.
 pub struct Netlink {
     socket: Socket,
@@ -272,24 +286,32 @@ impl Netlink {
             .collect())
     }
 
-    /// Creates a veth pair: `name` here, `peer` born in the network namespace open at
-    /// `peer_netns` (so it never appears here), both with `mtu`.
-    pub fn create_veth(
-        &mut self,
-        name: &str,
-        peer: &str,
-        peer_netns: std::os::fd::RawFd,
-        mtu: u32,
-    ) -> io::Result<()> {
+    /// Creates a veth pair in one request: `pair.name` here, on bridge `pair.master` and
+    /// up; `pair.peer` born in the network namespace open at `pair.peer_netns` (so it
+    /// never appears here) with MAC `pair.peer_mac`, still down (the kernel opens the peer
+    /// before the pair is linked: asking for it up fails with ENOTCONN).
+    pub fn create_veth(&mut self, pair: &VethPair) -> io::Result<()> {
+        let up = |msg: &mut LinkMessage| {
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+        };
         let mut other = LinkMessage::default();
         other
             .attributes
-            .push(LinkAttribute::IfName(peer.to_owned()));
-        other.attributes.push(LinkAttribute::Mtu(mtu));
-        other.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+            .push(LinkAttribute::IfName(pair.peer.clone()));
+        other.attributes.push(LinkAttribute::Mtu(pair.mtu));
+        other
+            .attributes
+            .push(LinkAttribute::Address(pair.peer_mac.to_vec()));
+        other
+            .attributes
+            .push(LinkAttribute::NetNsFd(pair.peer_netns));
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        up(&mut msg);
+        msg.attributes
+            .push(LinkAttribute::IfName(pair.name.clone()));
+        msg.attributes.push(LinkAttribute::Mtu(pair.mtu));
+        msg.attributes.push(LinkAttribute::Controller(pair.master));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(other))),
