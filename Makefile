@@ -48,6 +48,7 @@ bench: binaries
 	scripts/bench/hooks.sh
 	scripts/bench/overlay.sh
 	scripts/bench/start.sh
+	scripts/bench/scale.sh
 	scripts/bench/bubbles.sh
 
 clean:
