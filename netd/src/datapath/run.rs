@@ -26,6 +26,11 @@ enum Event {
 
 /// Runs the daemon until it should exit; the exit code says how it ended.
 pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
+    // A forwarder hpk-netd started (it hands over the taps) leaves hpk-netd's session and
+    // process group, so that signals meant for hpk-netd never reach it.
+    if cli.container_fd.is_some() {
+        let _ = nix::unistd::setsid();
+    }
     // Signals go to one waiting thread; block them before any other thread exists.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {

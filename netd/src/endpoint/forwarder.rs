@@ -6,9 +6,9 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -20,7 +20,18 @@ use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::{start_time, ProcId};
 use crate::sys::tap::Tap;
 
+/// Serializes forwarder starts: between duplicating a pair of tap fds as inheritable and
+/// closing them again after the spawn, no other forwarder may be started (it would inherit
+/// them and keep the taps alive as long as it runs; a short-lived child such as
+/// iptables-restore holds them only for its few milliseconds).
+static SPAWNING: Mutex<()> = Mutex::new(());
+
 /// Starts a forwarder for the two taps; `watch_pid` is the container's process.
+///
+/// No code runs between fork and exec, so the standard library starts it with
+/// `posix_spawn` (a vfork), not a fork of this whole process: the taps are passed as
+/// inheritable descriptors named on the command line, and the forwarder leaves our
+/// session itself.
 pub fn spawn(
     daemon: &Path,
     container: Tap,
@@ -28,38 +39,28 @@ pub fn spawn(
     watch_pid: i32,
     log: &Path,
 ) -> Result<ProcId> {
-    // Move the fds above the range the child will use, so the dup2s cannot clobber them.
-    let hi = |t: &Tap| -> Result<OwnedFd> {
-        let fd = nix::fcntl::fcntl(t, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-            .context("cannot duplicate a tap fd")?;
-        // SAFETY: fcntl just returned this new fd.
-        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
-    };
-    let (c, b) = (hi(&container)?, hi(&bubble)?);
-    drop((container, bubble));
-    let (c_raw, b_raw) = (c.as_raw_fd(), b.as_raw_fd());
     let log_file = File::options()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open forwarder log {}", log.display()))?;
-    let mut cmd = Command::new(daemon);
-    cmd.args(NetDaemonArgs::inherited(3, 4, watch_pid).to_args())
+    let _spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+    let inheritable = |t: &Tap| -> Result<OwnedFd> {
+        let fd = nix::fcntl::fcntl(t, nix::fcntl::FcntlArg::F_DUPFD(3))
+            .context("cannot duplicate a tap fd")?;
+        // SAFETY: fcntl just returned this new fd.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    };
+    let (c, b) = (inheritable(&container)?, inheritable(&bubble)?);
+    drop((container, bubble));
+    let child = Command::new(daemon)
+        .args(NetDaemonArgs::inherited(c.as_raw_fd(), b.as_raw_fd(), watch_pid).to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log_file);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::dup2(c_raw, 3) < 0 || libc::dup2(b_raw, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
+        .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot start forwarder {}", daemon.display()))?;
+    drop((c, b));
     let pid = child.id() as i32;
     // The Child handle is dropped without waiting: exits are noticed by pidfd and reaped
     // with `reap`, also for forwarders adopted after a restart.
