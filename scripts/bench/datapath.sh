@@ -25,7 +25,7 @@ daemon=$(bench_binary hpk-net-daemon)
 netd=$(bench_binary hpk-netd)
 hook=$(bench_binary hpk-hook)
 p=hb$(printf '%04x' $((RANDOM)))
-methods="veth netd-veth tap sock-orig sock-ext"
+methods="veth netd-veth tap tap-poll sock-orig sock-ext"
 declare -A pids=()   # method -> daemon pids
 
 cleanup() {
@@ -76,8 +76,10 @@ setup() {
             wait_for "$c's process" own_netns "$sleeper"
             echo "{\"ociVersion\":\"1.0.2\",\"id\":\"c$n\",\"status\":\"creating\",\"pid\":$sleeper,\"bundle\":\"\"}" |
                 ip netns exec "$p-$m-b" "$hook" createRuntime --socket "/tmp/$p-netd/netd.sock" ;;
-        tap)
-            ip netns exec "$p-$m-b" "$daemon" --netns "$c" --bubble-tap "$port" --bridge br0 --mtu "$mtu" 2>/dev/null &
+        tap|tap-poll)
+            local poll=0
+            [ "$m" = tap-poll ] && poll=${BENCH_BUSY_POLL_US:-50}
+            ip netns exec "$p-$m-b" "$daemon" --netns "$c" --bubble-tap "$port" --bridge br0 --mtu "$mtu" --busy-poll-us "$poll" 2>/dev/null &
             pids[$m]+=" $!" ;;
         sock-orig|sock-ext)
             local sock=/tmp/$p-$m-$n.sock framing=()
@@ -153,6 +155,7 @@ x_veth: throughput and RTT as a multiple of the veth pair's in the same round se
 CPUs/GB: CPU seconds of all forwarders on the path per GB moved (veth: in the kernel).
 RSS_KiB: largest resident set of one forwarder; PrivKiB: its private dirty memory, the
 part that really grows with the number of containers (code and libc pages are shared).
+tap-poll: tap-to-tap with --busy-poll-us 50 (the forwarder spins 50 us after traffic).
 sock-orig: socket mode in the original tool's framing; sock-ext: two hpk-net-daemons that
 agreed on the extended framing (virtio-net header and offloads over the socket).
 EOF
