@@ -87,7 +87,7 @@ pub fn wish(annotations: &HashMap<String, String>) -> Result<Wish> {
         None => None,
         Some(kind) => Some(
             <EndpointKind as clap::ValueEnum>::from_str(kind, true).map_err(|_| {
-                anyhow!("annotation {ANNOTATION_ENDPOINT}={kind:?} is not understood (auto, veth or tap)")
+                anyhow!("annotation {ANNOTATION_ENDPOINT}={kind:?} is not understood (auto, veth, tap or socket)")
             })?,
         ),
     };
@@ -157,7 +157,10 @@ mod tests {
             }
         );
         let err = wish(&ann(&[(ANNOTATION_ENDPOINT, "vxlan")])).unwrap_err();
-        assert!(err.to_string().contains("auto, veth or tap"), "{err}");
+        assert!(
+            err.to_string().contains("auto, veth, tap or socket"),
+            "{err}"
+        );
         assert_eq!(
             wish(&ann(&[(ANNOTATION_NETWORK, "none")])).unwrap(),
             Wish::OptOut

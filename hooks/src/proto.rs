@@ -20,7 +20,7 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 pub const ANNOTATION_NETWORK: &str = "io.hpktainer.network";
 /// Annotation requesting a static address in the bubble's subnet.
 pub const ANNOTATION_IP: &str = "io.hpktainer.ip";
-/// Annotation choosing the endpoint kind (`auto`, `veth`, `tap`).
+/// Annotation choosing the endpoint kind (`auto`, `veth`, `tap`, `socket`).
 pub const ANNOTATION_ENDPOINT: &str = "io.hpktainer.endpoint";
 
 /// How a container's interface is joined to the bubble's bridge.
@@ -36,6 +36,9 @@ pub enum EndpointKind {
     Veth,
     /// Two taps and an hpk-net-daemon forwarder copying frames between them.
     Tap,
+    /// Two taps and two hpk-net-daemons (server in the bubble, client in the container's
+    /// namespace) over a UNIX socket: the original tool's design.
+    Socket,
 }
 
 impl std::fmt::Display for EndpointKind {

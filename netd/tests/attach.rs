@@ -24,6 +24,47 @@ fn tap_endpoints_get_addresses_reach_each_other_and_the_outside() {
     reach_each_other_and_the_outside(&["--endpoint", "tap"], "tap");
 }
 
+#[test]
+fn socket_endpoints_get_addresses_reach_each_other_and_the_outside() {
+    reach_each_other_and_the_outside(&["--endpoint", "socket"], "socket");
+}
+
+#[test]
+fn a_killed_socket_client_is_restarted_with_its_server() {
+    let s = Site::flannel_with("10.244.3.1/24", &["--endpoint", "socket"]);
+    let c1 = s.host.runc.run("s1", &s.host.bundle).unwrap();
+    let c2 = s.host.runc.run("s2", &s.host.bundle).unwrap();
+    let a2 = s.host.address_of("s2");
+    assert!(c1.ping(&a2.to_string()));
+    // The client of s1: an hpk-net-daemon in client mode on s1's socket.
+    let sock = s.host.dir.join("state/endpoints/s1.sock");
+    let client = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("--mode client") && cmd.contains(&*sock.to_string_lossy())
+        })
+        .expect("s1's client runs");
+    let server_before = s.host.forwarders();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(client), Signal::SIGKILL);
+    wait_until("the pair to be rebuilt", Duration::from_secs(10), || {
+        let now = s.host.forwarders();
+        now.len() == 2 && now != server_before
+    });
+    wait_until(
+        "traffic through the rebuilt pair",
+        Duration::from_secs(10),
+        || c1.ping(&a2.to_string()),
+    );
+    let fw = s.host.forwarders();
+    c1.stop();
+    c2.stop();
+    s.host.netd().assert_empty(&s.host.ns, &fw);
+    assert!(!sock.exists(), "the socket file is left");
+}
+
 /// Two containers on hpk-netd started with `flags`, whose endpoints are of `kind`.
 fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     let s = Site::flannel_with("10.244.3.1/24", flags);
@@ -40,7 +81,10 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     let link =
         String::from_utf8_lossy(&c1.exec(&["ip", "link", "show", "tap0"]).stdout).into_owned();
     assert_eq!(link.contains("tap0@if"), kind == "veth", "{link}");
-    assert_eq!(s.host.forwarders().len(), if kind == "tap" { 2 } else { 0 });
+    assert_eq!(
+        s.host.forwarders().len(),
+        if kind == "veth" { 0 } else { 2 }
+    );
     let (a1, a2) = (s.host.address_of("c1"), s.host.address_of("c2"));
     assert_ne!(a1, a2);
     let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
@@ -324,7 +368,7 @@ fn annotations_opt_out_and_request_an_address() {
         .expect_err("an unknown kind");
     assert!(
         err.contains("io.hpktainer.endpoint=")
-            && err.contains("is not understood (auto, veth or tap)"),
+            && err.contains("is not understood (auto, veth, tap or socket)"),
         "{err}"
     );
     let fw = s.host.forwarders();

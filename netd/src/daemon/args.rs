@@ -44,7 +44,8 @@ pub struct RunArgs {
     #[arg(long, env = "HPK_NETD_CONTAINER_TAP", value_name = "NAME")]
     container_tap: Option<String>,
     /// How containers are joined to the bridge: a veth pair (the kernel's path), a tap
-    /// pair with an hpk-net-daemon forwarder, or auto (veth where possible).
+    /// pair with an hpk-net-daemon forwarder, a socket pair (server and client
+    /// hpk-net-daemons, the original design), or auto (veth where possible, else tap).
     #[arg(long, env = "HPK_NETD_ENDPOINT", value_enum)]
     endpoint: Option<EndpointKind>,
     /// The hpk-net-daemon binary.

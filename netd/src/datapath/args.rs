@@ -95,6 +95,11 @@ pub struct NetDaemonArgs {
     #[arg(short, long, value_name = "NAME")]
     pub tap: Option<String>,
 
+    /// Socket mode: an already-open, configured tap fd inherited from the parent, instead
+    /// of --tap.
+    #[arg(long, value_name = "FD", conflicts_with_all = ["tap", "bridge"])]
+    pub tap_fd: Option<RawFd>,
+
     /// Socket mode: create --tap (the default, also when given bare as the original's
     /// scripts do); `--create-tap=false` attaches to an existing persistent tap instead.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
@@ -166,6 +171,27 @@ impl NetDaemonArgs {
         args
     }
 
+    /// One end of a socket-mode pair on an inherited tap fd: the server (bubble side) or
+    /// the client (container side, following the container's process).
+    pub fn socket_end(
+        mode: Mode,
+        tap_fd: RawFd,
+        socket: PathBuf,
+        watch_pid: Option<i32>,
+    ) -> NetDaemonArgs {
+        let mut args = NetDaemonArgs::parse_from(["hpk-net-daemon"]);
+        args.mode = mode;
+        args.tap_fd = Some(tap_fd);
+        args.socket = Some(socket);
+        args.watch_pid = watch_pid;
+        args
+    }
+
+    /// Whether a parent handed the taps over (it started this daemon as its forwarder).
+    pub fn inherits_taps(&self) -> bool {
+        self.container_fd.is_some() || self.tap_fd.is_some()
+    }
+
     /// The command-line arguments (program name excluded) that parse back into `self`,
     /// for the fields a parent sets when it starts a tap-mode forwarder.
     pub fn to_args(&self) -> Vec<String> {
@@ -185,6 +211,15 @@ impl NetDaemonArgs {
         flag("mtu", Some(self.mtu.to_string()));
         flag("container-tap", Some(self.container_tap.clone()));
         flag("busy-poll-us", Some(self.busy_poll_us.to_string()));
+        flag("tap-fd", self.tap_fd.map(|v| v.to_string()));
+        flag(
+            "socket",
+            self.socket.as_ref().map(|p| p.display().to_string()),
+        );
+        if self.mode != Mode::Tap {
+            out.push("--mode".into());
+            out.push(format!("{:?}", self.mode).to_lowercase());
+        }
         if self.no_offload {
             out.push("--no-offload".into());
         }

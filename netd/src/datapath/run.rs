@@ -28,7 +28,7 @@ enum Event {
 pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
     // A forwarder hpk-netd started (it hands over the taps) leaves hpk-netd's session and
     // process group, so that signals meant for hpk-netd never reach it.
-    if cli.container_fd.is_some() {
+    if cli.inherits_taps() {
         let _ = nix::unistd::setsid();
     }
     // Signals go to one waiting thread; block them before any other thread exists.
@@ -54,39 +54,45 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
     };
 
     let mut socket_path = None;
-    match cli.mode {
-        Mode::Tap => {
-            if let Some(watch) = container_watch(&cli)? {
-                std::thread::Builder::new()
-                    .name("container".into())
-                    .spawn(move || {
-                        if watch.wait().is_ok() {
-                            let _ = exited.send(Event::ContainerExited(watch.pid()));
-                        }
-                    })?;
-            }
-            start_tap_to_tap(&cli, on_stop)?
+    // The container side (tap mode, or a client hpk-netd started) ends with its container.
+    if cli.mode != Mode::Server {
+        if let Some(watch) = container_watch(&cli)? {
+            std::thread::Builder::new()
+                .name("container".into())
+                .spawn(move || {
+                    if watch.wait().is_ok() {
+                        let _ = exited.send(Event::ContainerExited(watch.pid()));
+                    }
+                })?;
         }
+    }
+    match cli.mode {
+        Mode::Tap => start_tap_to_tap(&cli, on_stop)?,
         Mode::Server | Mode::Client => {
             let path = cli
                 .socket
                 .clone()
                 .ok_or_else(|| anyhow!("--mode {:?} needs --socket PATH", cli.mode))?;
-            let name = cli
-                .tap
-                .clone()
-                .ok_or_else(|| anyhow!("--mode {:?} needs --tap NAME", cli.mode))?;
             // Always with the header; offloads go on only once a peer agrees to carry it.
             let opts = TapOptions { vnet_hdr: true };
-            let tap = if cli.create_tap {
-                Tap::create(&name, opts)?
-            } else {
-                Tap::attach(&name, opts)?
+            let tap = match (cli.tap_fd, &cli.tap) {
+                // SAFETY: the parent handed this fd over for us alone.
+                (Some(fd), _) => unsafe { Tap::from_raw_fd(fd)? },
+                (None, Some(name)) => {
+                    let tap = if cli.create_tap {
+                        Tap::create(name, opts)?
+                    } else {
+                        Tap::attach(name, opts)?
+                    };
+                    Netlink::open()?.configure(name, cli.mtu, cli.bridge.as_deref())?;
+                    tap
+                }
+                (None, None) => bail!("--mode {:?} needs --tap NAME", cli.mode),
             };
             tap.set_offloads(false)?;
+            let name = tap.name().to_owned();
             let tap = Arc::new(tap);
             let extended = !cli.original_framing;
-            Netlink::open()?.configure(&name, cli.mtu, cli.bridge.as_deref())?;
             if cli.mode == Mode::Server {
                 let (uid, gid) = cli
                     .socket_owner

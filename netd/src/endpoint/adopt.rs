@@ -42,13 +42,17 @@ impl Endpoints {
                     continue;
                 }
                 let intact = match record.forwarder {
-                    Some(f) => f.alive(),
+                    Some(_) => record.processes().all(|p| p.alive()),
                     None => build::bubble_link_exists(&record.spec.attachment.bubble_tap),
                 };
                 if !intact {
                     warn!(id, kind = %record.spec.attachment.kind, "data path gone while hpk-netd was down; rebuilding it");
+                    svc.stop_data_path(&record);
                     match svc.start_data_path(&record.spec) {
-                        Ok(f) => record.forwarder = f,
+                        Ok((forwarder, client)) => {
+                            record.forwarder = forwarder;
+                            record.client = client;
+                        }
                         Err(e) => {
                             error!(id, error = %format!("{e:#}"), "cannot restart; detaching");
                             svc.teardown(&record);

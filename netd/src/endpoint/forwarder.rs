@@ -5,7 +5,7 @@
 //! named by PID plus start time ([`ProcId`]), so a recycled PID is never mistaken for ours.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -26,7 +26,8 @@ use crate::sys::tap::Tap;
 /// iptables-restore holds them only for its few milliseconds).
 static SPAWNING: Mutex<()> = Mutex::new(());
 
-/// Starts a forwarder for the two taps; `watch_pid` is the container's process.
+/// Starts hpk-net-daemon with `taps` handed over; `args` builds its command line from
+/// the fd numbers they get.
 ///
 /// No code runs between fork and exec, so the standard library starts it with
 /// `posix_spawn` (a vfork), not a fork of this whole process: the taps are passed as
@@ -34,9 +35,8 @@ static SPAWNING: Mutex<()> = Mutex::new(());
 /// session itself.
 pub fn spawn(
     daemon: &Path,
-    container: Tap,
-    bubble: Tap,
-    watch_pid: i32,
+    taps: Vec<Tap>,
+    args: impl FnOnce(&[RawFd]) -> NetDaemonArgs,
     log: &Path,
 ) -> Result<ProcId> {
     let log_file = File::options()
@@ -45,22 +45,25 @@ pub fn spawn(
         .open(log)
         .with_context(|| format!("cannot open forwarder log {}", log.display()))?;
     let _spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
-    let inheritable = |t: &Tap| -> Result<OwnedFd> {
-        let fd = nix::fcntl::fcntl(t, nix::fcntl::FcntlArg::F_DUPFD(3))
-            .context("cannot duplicate a tap fd")?;
-        // SAFETY: fcntl just returned this new fd.
-        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
-    };
-    let (c, b) = (inheritable(&container)?, inheritable(&bubble)?);
-    drop((container, bubble));
+    let inheritable = taps
+        .iter()
+        .map(|t| -> Result<OwnedFd> {
+            let fd = nix::fcntl::fcntl(t, nix::fcntl::FcntlArg::F_DUPFD(3))
+                .context("cannot duplicate a tap fd")?;
+            // SAFETY: fcntl just returned this new fd.
+            Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+        })
+        .collect::<Result<Vec<OwnedFd>>>()?;
+    drop(taps);
+    let fds: Vec<RawFd> = inheritable.iter().map(|f| f.as_raw_fd()).collect();
     let child = Command::new(daemon)
-        .args(NetDaemonArgs::inherited(c.as_raw_fd(), b.as_raw_fd(), watch_pid).to_args())
+        .args(args(&fds).to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot start forwarder {}", daemon.display()))?;
-    drop((c, b));
+    drop(inheritable);
     let pid = child.id() as i32;
     // The Child handle is dropped without waiting: exits are noticed by pidfd and reaped
     // with `reap`, also for forwarders adopted after a restart.

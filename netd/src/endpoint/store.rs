@@ -15,8 +15,18 @@ use crate::sys::process::ProcId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub spec: EndpointSpec,
-    /// The forwarder of a tap endpoint; a veth has none.
+    /// The forwarder of a tap endpoint, or a socket endpoint's server; a veth has none.
     pub forwarder: Option<ProcId>,
+    /// A socket endpoint's client, in the container's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ProcId>,
+}
+
+impl Record {
+    /// The processes of the data path: forwarder (or server), then client.
+    pub fn processes(&self) -> impl Iterator<Item = ProcId> {
+        self.forwarder.into_iter().chain(self.client)
+    }
 }
 
 pub struct Store {
@@ -34,6 +44,11 @@ impl Store {
         self.dir.join(format!("{id}.json"))
     }
 
+    /// The UNIX socket of a socket endpoint's pair.
+    pub fn socket_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.sock"))
+    }
+
     /// Where the forwarder of `id` writes its log.
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.log"))
@@ -44,9 +59,9 @@ impl Store {
         write_atomically(&self.path(record.spec.id()), &data, 0o644, false)
     }
 
-    /// Forgets `id`: its record and its forwarder's log.
+    /// Forgets `id`: its record, its forwarder's log and socket.
     pub fn remove(&self, id: &str) {
-        for path in [self.path(id), self.log_path(id)] {
+        for path in [self.path(id), self.log_path(id), self.socket_path(id)] {
             if let Err(e) = fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     warn!(path = %path.display(), error = %e, "cannot remove endpoint file");

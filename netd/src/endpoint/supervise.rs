@@ -44,8 +44,12 @@ impl Endpoints {
         let mut restarts = 0u32;
         let mut last_restart = Instant::now();
         loop {
-            let forwarder = record.forwarder;
-            let forwarder_fd = forwarder.and_then(|f| f.watch()).and_then(exit_notifier);
+            // The data path's processes: a tap's forwarder, or a socket pair's two ends.
+            let processes: Vec<ProcId> = record.processes().collect();
+            let fds: Vec<Option<AsyncFd<OwnedFd>>> = processes
+                .iter()
+                .map(|p| p.watch().and_then(exit_notifier))
+                .collect();
             tokio::select! {
                 // A detach wins over anything that happens at the same moment.
                 biased;
@@ -54,19 +58,24 @@ impl Endpoints {
                     let _ = self.detach(&id, "container exited (no poststop seen)");
                     return;
                 }
-                _ = async {
-                    match (forwarder, &forwarder_fd) {
-                        (None, _) => std::future::pending::<()>().await,
-                        (Some(_), Some(fd)) => { let _ = fd.readable().await; }
-                        // No pidfd means the forwarder is already gone.
-                        (Some(_), None) => {}
-                    }
-                } => {}
+                _ = any_exit(&fds) => {}
             }
-            let Some(dead) = forwarder else { return };
-            reap(dead.pid);
+            let Some(dead) = processes.iter().find(|p| !p.alive()).copied() else {
+                continue;
+            };
             if !self.still_ours(&id, &stop) {
                 return;
+            }
+            // The survivor of a pair goes too: the whole data path is rebuilt.
+            let survivors: Vec<ProcId> = processes.iter().copied().filter(|p| *p != dead).collect();
+            let _ = tokio::task::spawn_blocking(move || {
+                for p in survivors {
+                    forwarder::stop(p, STOP_GRACE);
+                }
+            })
+            .await;
+            for p in &processes {
+                reap(p.pid);
             }
             if !container.alive() {
                 let _ = self.detach(&id, "container exited");
@@ -104,9 +113,8 @@ impl Endpoints {
             let svc = self.clone();
             let spec = record.spec.clone();
             let started = tokio::task::spawn_blocking(move || svc.start_data_path(&spec)).await;
-            let forwarder = match started {
-                Ok(Ok(Some(f))) => f,
-                Ok(Ok(None)) => return,
+            let (forwarder, client) = match started {
+                Ok(Ok(started)) => started,
                 Ok(Err(e)) => {
                     error!(id, error = %format!("{e:#}"), "cannot restart the forwarder");
                     let _ = self.detach(&id, "forwarder could not be restarted");
@@ -114,13 +122,15 @@ impl Endpoints {
                 }
                 Err(_) => return,
             };
-            record.forwarder = Some(forwarder);
-            // A detach may have come while we rebuilt: then the new forwarder is not ours.
+            record.forwarder = forwarder;
+            record.client = client;
+            // A detach may have come while we rebuilt: then the new processes are not ours.
             let still_ours = {
                 let mut slots = self.slots.lock().unwrap();
                 match slots.get_mut(&id) {
                     Some(Slot::Ready { record: r, stop: s }) if Arc::ptr_eq(s, &stop) => {
-                        r.forwarder = Some(forwarder);
+                        r.forwarder = forwarder;
+                        r.client = client;
                         true
                     }
                     _ => false,
@@ -130,7 +140,9 @@ impl Endpoints {
             let saved = record.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if !still_ours {
-                    forwarder::stop(forwarder, STOP_GRACE);
+                    for p in saved.processes() {
+                        forwarder::stop(p, STOP_GRACE);
+                    }
                 } else if let Err(e) = svc.store.save(&saved) {
                     warn!(id = saved.spec.id(), error = %e, "cannot update the endpoint record");
                 }
@@ -140,5 +152,24 @@ impl Endpoints {
                 return;
             }
         }
+    }
+}
+
+/// Resolves when any of the processes behind `fds` (at most a pair) has exited; at once
+/// if a pidfd is missing (that process is gone already); never when there are none (a
+/// veth).
+async fn any_exit(fds: &[Option<AsyncFd<OwnedFd>>]) {
+    match fds {
+        [] => std::future::pending().await,
+        [Some(a)] => {
+            let _ = a.readable().await;
+        }
+        [Some(a), Some(b)] => {
+            tokio::select! {
+                _ = a.readable() => {}
+                _ = b.readable() => {}
+            }
+        }
+        _ => {}
     }
 }

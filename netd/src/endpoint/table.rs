@@ -17,6 +17,7 @@ use super::forwarder;
 use super::store::{Record, Store};
 use super::{bubble_tap_name, netns_of, validate_id, EndpointSpec};
 use crate::bubble::ipam::Ipam;
+use crate::datapath::args::{Mode, NetDaemonArgs};
 use crate::subnet::SubnetEnv;
 use crate::sys::process::ProcId;
 
@@ -66,26 +67,66 @@ impl Endpoints {
         })
     }
 
-    /// Builds the data path of `spec`: a veth pair, or two taps and their forwarder.
-    pub(super) fn start_data_path(&self, spec: &EndpointSpec) -> Result<Option<ProcId>> {
-        if spec.attachment.kind == EndpointKind::Veth {
-            build::build_veth(spec)?;
-            return Ok(None);
+    /// Builds the data path of `spec`: a veth pair; two taps and their forwarder; or two
+    /// taps and a server and client over a socket. Returns (forwarder or server, client).
+    pub(super) fn start_data_path(
+        &self,
+        spec: &EndpointSpec,
+    ) -> Result<(Option<ProcId>, Option<ProcId>)> {
+        let daemon = &self.settings.net_daemon;
+        let log = self.store.log_path(spec.id());
+        match spec.attachment.kind {
+            EndpointKind::Veth | EndpointKind::Auto => {
+                build::build_veth(spec)?;
+                Ok((None, None))
+            }
+            EndpointKind::Tap => {
+                let (container, bubble) = build::build_taps(spec)?;
+                let pid = spec.pid;
+                let forwarder = forwarder::spawn(
+                    daemon,
+                    vec![container, bubble],
+                    |fds| NetDaemonArgs::inherited(fds[0], fds[1], pid),
+                    &log,
+                )?;
+                Ok((Some(forwarder), None))
+            }
+            EndpointKind::Socket => {
+                let (container, bubble) = build::build_taps(spec)?;
+                let socket = self.store.socket_path(spec.id());
+                let _ = std::fs::remove_file(&socket);
+                let at = socket.clone();
+                let server = forwarder::spawn(
+                    daemon,
+                    vec![bubble],
+                    |fds| NetDaemonArgs::socket_end(Mode::Server, fds[0], at, None),
+                    &log,
+                )?;
+                let pid = spec.pid;
+                let client = forwarder::spawn(
+                    daemon,
+                    vec![container],
+                    |fds| NetDaemonArgs::socket_end(Mode::Client, fds[0], socket, Some(pid)),
+                    &log,
+                );
+                match client {
+                    Ok(client) => Ok((Some(server), Some(client))),
+                    Err(e) => {
+                        forwarder::stop(server, STOP_GRACE);
+                        Err(e)
+                    }
+                }
+            }
         }
-        let (container, bubble) = build::build_taps(spec)?;
-        forwarder::spawn(
-            &self.settings.net_daemon,
-            container,
-            bubble,
-            spec.pid,
-            &self.store.log_path(spec.id()),
-        )
-        .map(Some)
     }
 
     /// Builds `spec` as the kind `wanted`: `auto` is a veth where hpk-netd may move a link
     /// into the container's namespace, else a tap pair (said in the log, with why).
-    fn start_kind(&self, spec: &mut EndpointSpec, wanted: EndpointKind) -> Result<Option<ProcId>> {
+    fn start_kind(
+        &self,
+        spec: &mut EndpointSpec,
+        wanted: EndpointKind,
+    ) -> Result<(Option<ProcId>, Option<ProcId>)> {
         spec.attachment.kind = match wanted {
             EndpointKind::Auto => EndpointKind::Veth,
             kind => kind,
@@ -126,23 +167,29 @@ impl Endpoints {
             bridge: self.settings.bridge.clone(),
         };
         let wanted = req.endpoint.unwrap_or(self.settings.endpoint);
-        let record = self.start_kind(&mut spec, wanted).and_then(|forwarder| {
-            let built = started.elapsed();
-            let record = Record { spec, forwarder };
-            if let Err(e) = self.store.save(&record) {
-                self.stop_data_path(&record);
-                return Err(e);
-            }
-            // Where an attach's time goes, for profiling (HPK_LOG=hpk_netd=debug).
-            debug!(
-                id = req.id,
-                allocated_us = allocated.as_micros(),
-                built_us = built.as_micros(),
-                saved_us = started.elapsed().as_micros(),
-                "attach timings"
-            );
-            Ok(record)
-        });
+        let record = self
+            .start_kind(&mut spec, wanted)
+            .and_then(|(forwarder, client)| {
+                let built = started.elapsed();
+                let record = Record {
+                    spec,
+                    forwarder,
+                    client,
+                };
+                if let Err(e) = self.store.save(&record) {
+                    self.stop_data_path(&record);
+                    return Err(e);
+                }
+                // Where an attach's time goes, for profiling (HPK_LOG=hpk_netd=debug).
+                debug!(
+                    id = req.id,
+                    allocated_us = allocated.as_micros(),
+                    built_us = built.as_micros(),
+                    saved_us = started.elapsed().as_micros(),
+                    "attach timings"
+                );
+                Ok(record)
+            });
         if record.is_err() {
             let _ = self.ipam.release(address, &req.id);
             self.store.remove(&req.id);
@@ -254,9 +301,9 @@ impl Endpoints {
     }
 
     /// Removes the data path: the forwarder (its taps go with it), or the veth pair.
-    fn stop_data_path(&self, record: &Record) {
-        if let Some(f) = record.forwarder {
-            forwarder::stop(f, STOP_GRACE);
+    pub(super) fn stop_data_path(&self, record: &Record) {
+        for p in record.processes() {
+            forwarder::stop(p, STOP_GRACE);
         }
         let att = &record.spec.attachment;
         if let Err(e) = build::remove_bubble_link(&att.bubble_tap) {
