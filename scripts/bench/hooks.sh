@@ -61,7 +61,7 @@ make_bundle() { # NAME HOOKS(yes|no) ARGS-JSON [ENDPOINT-KIND]
         "$dir/$1/config.json" >"$dir/$1/c.json"
     mv "$dir/$1/c.json" "$dir/$1/config.json"
 }
-kinds=(veth tap)
+kinds=(veth tap socket)
 make_bundle plain no '["true"]'
 for k in "${kinds[@]}"; do
     make_bundle "hooked-$k" yes '["true"]' "$k"
