@@ -4,11 +4,19 @@ BIN_DIR := bin
 BINARIES := hpk-netd hpk-net-daemon hpk-hook hpktainer hpk-bubble
 CARGO ?= cargo
 
-.PHONY: help deps binaries demo sim test lint bench clean
+# Images: `make images` builds and pushes both for amd64 and arm64, as the original;
+# `make images PUSH=0 PLATFORMS=linux/amd64` builds into local storage.
+REGISTRY ?= docker.io/chazapis
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+PLATFORMS ?= linux/amd64,linux/arm64
+PUSH ?= 1
+
+.PHONY: help deps binaries images demo sim test lint bench clean
 
 help:
 	@echo "make deps      install build/test dependencies (Debian 12, as root)"
 	@echo "make binaries  release binaries into $(BIN_DIR)/"
+	@echo "make images    hpktainer-base and hpk-bubble images (REGISTRY, VERSION, PLATFORMS, PUSH)"
 	@echo "make demo      deps + binaries + the main job: sbatch --nodes=3 scripts/hpk.slurm on a simulated Slurm"
 	@echo "make sim       deps + binaries + hosts with hpk-netd and containers, without Slurm or bubbles"
 	@echo "make test      deps + every test (needs root: tests build namespaces)"
@@ -22,6 +30,9 @@ binaries:
 	$(CARGO) build --release --locked --workspace --bins
 	@mkdir -p $(BIN_DIR)
 	@for b in $(BINARIES); do install -m 0755 target/release/$$b $(BIN_DIR)/$$b; done
+
+images:
+	REGISTRY=$(REGISTRY) VERSION=$(VERSION) PLATFORMS=$(PLATFORMS) PUSH=$(PUSH) scripts/build-images.sh
 
 demo: deps binaries
 	scripts/demo.sh
@@ -37,10 +48,11 @@ test: deps lint
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 	scripts/tests/sim-slurm.sh
 	scripts/tests/demo.sh
+	scripts/tests/images.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
-	shellcheck -x --source-path=SCRIPTDIR --severity=warning scripts/*.sh scripts/hpk.slurm scripts/tests/*.sh scripts/bench/*.sh
+	shellcheck -x --source-path=SCRIPTDIR --severity=warning scripts/*.sh scripts/hpk.slurm scripts/tests/*.sh scripts/bench/*.sh images/*/*.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: binaries

@@ -9,6 +9,7 @@ packages=(
     iperf3 jq shellcheck                                        # benchmarks, test checks, script lint
     busybox-static runc crun                                    # nested containers in tests
     skopeo umoci docker-registry podman                         # hpktainer: images, registry, Podman tests
+    mmdebstrap                                                  # make images' test: a local Debian base
     etcd-server etcd-client slirp4netns passt                   # bubbles and the overlay
     slurmctld slurmd slurm-client munge                         # the simulated Slurm cluster
     protobuf-compiler libprotobuf-dev                           # etcd-client's build

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The images, built and used: `make images PUSH=0 PLATFORMS=linux/amd64` with Podman, on
+# bases made here from Debian's packages (base images cannot be pulled on these machines):
+# busybox-static for hpktainer-base, an mmdebstrap'd Debian 12 for hpk-bubble. Then the
+# base image's entrypoint, the original's way (no hooks): a client hpk-net-daemon on the
+# socket a server serves in the "bubble" gives the container tap0, its address and route.
+# Needs root. Leaves nothing behind (images, namespaces, processes).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+p=hpkimg$$
+work=$(mktemp -d "/tmp/$p.XXXX")
+registry=localhost/$p
+version=0.0.0-test
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    podman rm --all --force --time 0 >/dev/null 2>&1 || true
+    for ref in "$registry/hpktainer-base" "$registry/hpk-bubble"; do
+        for tag in "$version" latest; do podman manifest rm "$ref:$tag" >/dev/null 2>&1 || true; done
+    done
+    podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$registry/" | xargs -r podman rmi -f >/dev/null 2>&1 || true
+    for ns in "$p-b" "$p-c"; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# This machine's hybrid cgroups: Podman (and its builds) run runc with cgroupfs.
+printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' >"$work/containers.conf"
+export CONTAINERS_CONF=$work/containers.conf
+fail() { echo "images test: FAIL: $*" >&2; exit 1; }
+
+# Local bases.
+mkdir -p "$work/busybox/bin" "$work/busybox"/{proc,sys,dev,tmp,etc}
+cp /bin/busybox "$work/busybox/bin/"
+for a in sh ip ping sleep cat ls true echo kill grep; do ln -s busybox "$work/busybox/bin/$a"; done
+tar -C "$work/busybox" -c . | podman import - "$registry/busybox:local" >/dev/null
+mmdebstrap --quiet --variant=apt \
+    --include=runc,crun,etcd-server,etcd-client,iptables,iproute2,skopeo,umoci,ca-certificates,util-linux,procps \
+    bookworm "$work/debian.tar" /etc/apt/sources.list.d/debian.sources
+podman import "$work/debian.tar" "$registry/debian:local" >/dev/null
+rm -f "$work/debian.tar"
+
+make images PUSH=0 PLATFORMS=linux/amd64 REGISTRY="$registry" VERSION="$version" \
+    HPKTAINER_BASE_FROM="$registry/busybox:local" HPK_BUBBLE_FROM="$registry/debian:local"
+
+for name in hpktainer-base hpk-bubble; do
+    podman image inspect "$registry/$name:$version" >/dev/null 2>&1 || fail "$name:$version was not built"
+    podman image inspect "$registry/$name:latest" >/dev/null 2>&1 || fail "$name:latest was not tagged"
+    size=$(podman image inspect "$registry/$name:$version" --format '{{.Size}}' 2>/dev/null || echo 0)
+    echo "images test: $name:$version $((size / 1024 / 1024)) MiB"
+done
+# The bubble image has what a bubble runs.
+for tool in hpk-bubble hpk-netd hpk-net-daemon hpk-hook hpktainer runc crun etcd iptables ip skopeo umoci; do
+    podman run --rm --entrypoint /bin/sh "$registry/hpk-bubble:$version" -c "command -v $tool" >/dev/null ||
+        fail "hpk-bubble lacks $tool"
+done
+podman run --rm "$registry/hpk-bubble:$version" --version | grep -q '^hpk-bubble ' || fail "hpk-bubble's entrypoint"
+
+# The base image without any overlay: the command just runs.
+out=$(podman run --rm --network none "$registry/hpktainer-base:$version" echo plain)
+[ "$out" = plain ] || fail "plain run printed $out"
+
+# The original's way: a server in the bubble, the client in the container.
+ip netns add "$p-b"
+ip -n "$p-b" link set lo up
+ip -n "$p-b" link add br0 type bridge
+ip -n "$p-b" addr add 10.244.9.1/24 dev br0
+ip -n "$p-b" link set br0 up
+ip netns add "$p-c"
+mkdir -p "$work/sock"
+ip netns exec "$p-b" bin/hpk-net-daemon --mode server --socket "$work/sock/net.sock" \
+    --tap hpkorig --bridge br0 --mtu 1450 2>"$work/server.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/sock/net.sock" ] && break; sleep 0.05; done
+[ -S "$work/sock/net.sock" ] || fail "the server did not serve: $(cat "$work/server.log")"
+out=$(podman run --rm --network "ns:/run/netns/$p-c" --device /dev/net/tun --cap-add NET_ADMIN \
+    -v "$work/sock:/hpk" -e HPK_SOCKET_PATH=/hpk/net.sock -e HPK_IP=10.244.9.200/24 \
+    -e HPK_GATEWAY_IP=10.244.9.1 -e HPK_MTU=1450 "$registry/hpktainer-base:$version" \
+    sh -c 'ip addr show tap0 && ip route && ping -c 1 -W 5 10.244.9.1') || fail "original-style run: $out"
+echo "$out" | grep -q 'inet 10.244.9.200/24' || fail "tap0 has no address: $out"
+echo "$out" | grep -q 'default via 10.244.9.1' || fail "no default route: $out"
+echo "$out" | grep -q '1 packets received' || fail "the gateway did not answer: $out"
+# Half the contract is an error that says what is missing.
+if err=$(podman run --rm --network none -e HPK_SOCKET_PATH=/x "$registry/hpktainer-base:$version" true 2>&1); then
+    fail "a missing HPK_IP was accepted"
+fi
+echo "$err" | grep -q 'set both HPK_IP and HPK_GATEWAY_IP' || fail "unclear error: $err"
+echo "images test: ok"
