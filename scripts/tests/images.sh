@@ -4,6 +4,9 @@
 # busybox-static for hpktainer-base, an mmdebstrap'd Debian 12 for hpk-bubble. Then the
 # base image's entrypoint, the original's way (no hooks): a client hpk-net-daemon on the
 # socket a server serves in the "bubble" gives the container tap0, its address and route.
+# Last, the real use: hpktainer-base pushed to a local registry (Debian's docker-registry)
+# and `hpktainer run docker://REGISTRY/hpktainer-base:VERSION ip addr show tap0` in a bubble
+# of the simulated Slurm cluster shows the overlay address.
 # Needs root. Leaves nothing behind (images, namespaces, processes).
 set -euo pipefail
 
@@ -14,9 +17,14 @@ work=$(mktemp -d "/tmp/$p.XXXX")
 registry=localhost/$p
 version=0.0.0-test
 pids=()
+sim=$root/scripts/sim-slurm.sh
+job=""
+in_login() { "$sim" run -d "$work/sim" "$@"; }
 cleanup() {
+    if [ -n "$job" ]; then in_login scancel "$job" >/dev/null 2>&1 || true; fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    "$sim" down -d "$work/sim" >/dev/null 2>&1 || true
     podman rm --all --force --time 0 >/dev/null 2>&1 || true
     for ref in "$registry/hpktainer-base" "$registry/hpk-bubble"; do
         for tag in "$version" latest; do podman manifest rm "$ref:$tag" >/dev/null 2>&1 || true; done
@@ -87,4 +95,38 @@ if err=$(podman run --rm --network none -e HPK_SOCKET_PATH=/x "$registry/hpktain
     fail "a missing HPK_IP was accepted"
 fi
 echo "$err" | grep -q 'set both HPK_IP and HPK_GATEWAY_IP' || fail "unclear error: $err"
+
+# The base image from a registry, in a bubble: the registry on node h2, the job on h1.
+chmod 0755 "$work"
+"$sim" up -n 2 -d "$work/sim" >/dev/null
+mkdir -p "$work/registry"
+cat >"$work/registry/config.yml" <<CONFIG
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry/data
+http:
+  addr: 192.0.2.12:5000
+CONFIG
+nsenter --net=/run/netns/hpksim-h2 docker-registry serve "$work/registry/config.yml" >"$work/registry/log" 2>&1 &
+pids+=($!)
+in_h2() { nsenter --net=/run/netns/hpksim-h2 "$@"; }
+for _ in $(seq 100); do in_h2 bash -c '</dev/tcp/192.0.2.12/5000' 2>/dev/null && break; sleep 0.05; done
+remote=192.0.2.12:5000/hpktainer-base:$version
+in_h2 podman manifest push --tls-verify=false --all "$registry/hpktainer-base:$version" "docker://$remote" >/dev/null
+mkdir -p "$work/job"
+chmod 0777 "$work/job"
+job=$(in_login runuser -u nobody -- sbatch --parsable --nodes=1 --chdir="$work/job" \
+    --output="$work/job/hpk.out" "$root/scripts/hpk.slurm")
+for _ in $(seq 600); do
+    grep -q "cluster ready" "$work/job/hpk.out" 2>/dev/null && break
+    [ -n "$(in_login squeue -h -j "$job" 2>/dev/null)" ] || break
+    sleep 0.1
+done
+grep -q "cluster ready" "$work/job/hpk.out" || fail "the cluster did not come up: $(cat "$work/job/hpk.out")"
+out=$(in_login runuser -u nobody -- env HPK_SHARED_DIR="$work/job/hpk-$job" "$root/scripts/hpk-enter.sh" 1 \
+    hpktainer run --insecure-registry 192.0.2.12:5000 "docker://$remote" ip addr show tap0 2>&1) ||
+    fail "hpktainer run docker://$remote: $out"
+echo "$out" | grep -q 'inet 10.244.' || fail "no overlay address on tap0: $out"
+echo "images test: hpktainer run docker://$remote ip addr show tap0 in bubble 1: $(echo "$out" | grep -o 'inet 10.244.[0-9./]*')"
 echo "images test: ok"
