@@ -25,11 +25,11 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     "$sim" down -d "$work/sim" >/dev/null 2>&1 || true
-    podman rm --all --force --time 0 >/dev/null 2>&1 || true
-    for ref in "$registry/hpktainer-base" "$registry/hpk-bubble"; do
-        for tag in "$version" latest; do podman manifest rm "$ref:$tag" >/dev/null 2>&1 || true; done
-    done
-    podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$registry/" | xargs -r podman rmi -f >/dev/null 2>&1 || true
+    # Only ever the test's own storage (never the machine's).
+    if [ "${CONTAINERS_STORAGE_CONF:-}" = "$work/storage.conf" ]; then
+        podman rm --all --force --time 0 >/dev/null 2>&1 || true
+        podman system reset --force >/dev/null 2>&1 || true
+    fi
     for ns in "$p-b" "$p-c"; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$work"
 }
@@ -37,6 +37,9 @@ trap cleanup EXIT
 # This machine's hybrid cgroups: Podman (and its builds) run runc with cgroupfs.
 printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' >"$work/containers.conf"
 export CONTAINERS_CONF=$work/containers.conf
+# Image storage of its own, removed with the work directory (builds leave layers).
+printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/storage"\nrunroot = "%s/run"\n' "$work" "$work" >"$work/storage.conf"
+export CONTAINERS_STORAGE_CONF=$work/storage.conf
 fail() { echo "images test: FAIL: $*" >&2; exit 1; }
 
 # Local bases.
