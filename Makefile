@@ -49,10 +49,11 @@ test: deps lint
 	scripts/tests/sim-slurm.sh
 	scripts/tests/demo.sh
 	scripts/tests/images.sh
+	scripts/tests/vagrant.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
-	shellcheck -x --source-path=SCRIPTDIR --severity=warning scripts/*.sh scripts/hpk.slurm scripts/tests/*.sh scripts/bench/*.sh images/*/*.sh
+	shellcheck -x --source-path=SCRIPTDIR --severity=warning scripts/*.sh scripts/hpk.slurm scripts/tests/*.sh scripts/bench/*.sh images/*/*.sh vagrant/provision.sh
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 bench: binaries

@@ -10,6 +10,7 @@ packages=(
     busybox-static runc crun                                    # nested containers in tests
     skopeo umoci docker-registry podman                         # hpktainer: images, registry, Podman tests
     mmdebstrap                                                  # make images' test: a local Debian base
+    vagrant ruby                                                # vagrant/: validated (no VMs run here)
     etcd-server etcd-client slirp4netns passt                   # bubbles and the overlay
     slurmctld slurmd slurm-client munge                         # the simulated Slurm cluster
     protobuf-compiler libprotobuf-dev                           # etcd-client's build
