@@ -125,13 +125,13 @@ fn pull(
 ) -> Result<String> {
     let tag = Cache::tag(key);
     info!(image = text, "pulling");
-    let registries_d = skopeo::own_registries_d(&cache.dir, opts.rootless)?;
+    let overrides = skopeo::Overrides::for_cache(&cache.dir, opts.rootless)?;
     skopeo::copy(
         &source.skopeo_name(text),
         &cache.layout(),
         &tag,
         insecure,
-        registries_d.as_deref(),
+        &overrides,
     )?;
     let d = cache.digest_of_tag(&tag)?;
     debug!(image = text, digest = %d, "pulled");
