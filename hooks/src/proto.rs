@@ -13,8 +13,11 @@ pub const DEFAULT_SOCKET: &str = "/run/hpktainer/netd.sock";
 /// Environment variable that overrides the socket path for hooks and clients.
 pub const SOCKET_ENV: &str = "HPK_NETD_SOCKET";
 
-/// Largest request or response line accepted.
+/// Largest response line accepted (a status of a full bubble is some hundred KiB).
 pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// Largest request line hpk-netd reads (a request is well under 1 KiB).
+pub const MAX_REQUEST: usize = 64 << 10;
 
 /// Annotation to opt a container out (`none`) of hpktainer networking.
 pub const ANNOTATION_NETWORK: &str = "io.hpktainer.network";

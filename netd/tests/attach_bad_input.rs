@@ -323,3 +323,114 @@ fn peers_without_permission_are_refused() {
     assert_eq!(code, Some(1));
     assert!(err.contains("permission denied on"), "{err}");
 }
+
+/// Run by `a_flood_of_bad_connections_does_not_stop_attaches` as another user: connects
+/// to $HPK_FLOOD_SOCKET $HPK_FLOOD_COUNT times, holding up to 900 connections open and
+/// sending nothing.
+#[test]
+#[ignore = "a helper the flood test runs as another user"]
+fn flood_helper() {
+    let (Ok(path), Ok(count)) = (
+        std::env::var("HPK_FLOOD_SOCKET"),
+        std::env::var("HPK_FLOOD_COUNT"),
+    ) else {
+        return;
+    };
+    let mut held = std::collections::VecDeque::new();
+    for _ in 0..count.parse::<usize>().unwrap() {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&path) {
+            held.push_back(s);
+        }
+        if held.len() > 900 {
+            held.pop_front();
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_bad_connections_does_not_stop_attaches() {
+    let (s, ns, netd) = bubble("10.244.3.1/24", &["--socket-mode", "0666"]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", netd.proc.pid()))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
+    rootfs(&s.0);
+    let b = bundle(
+        &s.0,
+        "sleeper",
+        &BundleSpec {
+            args: &["sleep", "600"],
+            socket: &netd.socket,
+            annotations: &[],
+            rootless: false,
+            no_hooks: false,
+        },
+    );
+    let runc = Runc::new(&ns, &s.0);
+    // Another user opens thousands of idle connections; root sends garbage, oversized
+    // and half requests, in four threads.
+    let mut idle = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["flood_helper", "--exact", "--ignored", "--quiet"])
+        .env("HPK_FLOOD_SOCKET", &netd.socket)
+        .env("HPK_FLOOD_COUNT", "4000")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let garbage: Vec<_> = (0..4)
+        .map(|t| {
+            let path = netd.socket.clone();
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                for i in 0..250 {
+                    let Ok(mut c) = std::os::unix::net::UnixStream::connect(&path) else {
+                        continue;
+                    };
+                    let bad: Vec<u8> = match (t + i) % 3 {
+                        0 => b"{not json\n".to_vec(),
+                        1 => vec![b'x'; 70 << 10],
+                        _ => br#"{"op":"attach","id":"half"#.to_vec(),
+                    };
+                    let _ = c.write_all(&bad);
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                    let mut answer = String::new();
+                    let _ = std::io::Read::read_to_string(&mut c, &mut answer);
+                    answered += answer.contains("\"error\"") as usize;
+                }
+                answered
+            })
+        })
+        .collect();
+    // Meanwhile containers start as usual.
+    let started: Vec<_> = (0..8)
+        .map(|i| {
+            runc.run(&format!("amid-{i}"), &b)
+                .expect("a container starts amid the flood")
+        })
+        .collect();
+    let answered: usize = garbage.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(
+        answered > 900,
+        "bad requests were not answered with errors: {answered}"
+    );
+    let _ = idle.wait();
+    assert_eq!(netd.status().endpoints.len(), 8);
+    for c in &started {
+        assert!(c.exec(&["ip", "addr", "show", "tap0"]).status.success());
+    }
+    let log = netd.log();
+    assert!(log.contains("refused a control peer"), "{log}");
+    for c in &started {
+        c.stop();
+    }
+    netd.assert_empty(&ns, &[]);
+    // Every connection's descriptor was closed again.
+    wait_until(
+        "hpk-netd's descriptors to settle",
+        Duration::from_secs(10),
+        || fds() <= fds_before + 2,
+    );
+}

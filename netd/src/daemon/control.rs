@@ -1,26 +1,38 @@
 //! The control socket: one JSON request line in, one JSON response line out.
-//! Peers are identified by SO_PEERCRED; only configured uids are served.
+//! Peers are identified by SO_PEERCRED; only configured uids are served. Requests are
+//! bounded in size and time, and connections in number, so that a flood of bad or idle
+//! connections cannot starve the hooks' attaches or run hpk-netd out of descriptors.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hpk_hook::proto::{Request, Response, MAX_MESSAGE};
+use hpk_hook::proto::{Request, Response, MAX_REQUEST};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::{status, Daemon};
 
-/// How long a peer may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an allowed peer may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a refused peer is listened to before it gets its answer (so that it reads
+/// our reason, not a broken pipe).
+const REFUSED_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Connections of allowed peers served at once; more are answered "busy" at once.
+pub const MAX_CONNECTIONS: usize = 256;
 
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, allowed_uids: Arc<Vec<u32>>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (daemon, allowed) = (daemon.clone(), allowed_uids.clone());
+                let (daemon, allowed, slots) =
+                    (daemon.clone(), allowed_uids.clone(), slots.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, daemon, &allowed).await {
+                    if let Err(e) = handle(stream, daemon, &allowed, &slots).await {
                         debug!(error = %e, "control connection ended badly");
                     }
                 });
@@ -37,15 +49,28 @@ async fn handle(
     mut stream: UnixStream,
     daemon: Arc<Daemon>,
     allowed: &[u32],
+    slots: &Semaphore,
 ) -> std::io::Result<()> {
-    // The request is read in every case, so a refused client gets our answer rather than
-    // a broken pipe on its write.
-    let request = read_request(&mut stream).await;
-    let response = match (stream.peer_cred(), request) {
-        (Err(e), _) => Response::Error {
+    let cred = stream.peer_cred();
+    let permitted = cred.as_ref().is_ok_and(|c| allowed.contains(&c.uid()));
+    // A refused peer's request is read too (briefly), so that it gets our answer rather
+    // than a broken pipe on its write.
+    let timeout = if permitted {
+        REQUEST_TIMEOUT
+    } else {
+        REFUSED_TIMEOUT
+    };
+    let slot = if permitted {
+        slots.try_acquire().ok()
+    } else {
+        None
+    };
+    let response = match cred {
+        Err(e) => Response::Error {
             message: format!("cannot identify the peer: {e}"),
         },
-        (Ok(cred), _) if !allowed.contains(&cred.uid()) => {
+        Ok(cred) if !permitted => {
+            let _ = read_request(&mut stream, timeout).await;
             warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control peer");
             Response::Error {
                 message: format!(
@@ -54,8 +79,13 @@ async fn handle(
                 ),
             }
         }
-        (Ok(_), Ok(request)) => dispatch(request, &daemon).await,
-        (Ok(_), Err(message)) => Response::Error { message },
+        Ok(_) if slot.is_none() => Response::Error {
+            message: format!("hpk-netd is busy ({MAX_CONNECTIONS} connections open); retry"),
+        },
+        Ok(_) => match read_request(&mut stream, timeout).await {
+            Ok(request) => dispatch(request, &daemon).await,
+            Err(message) => Response::Error { message },
+        },
     };
     let mut line = serde_json::to_vec(&response).expect("responses serialize");
     line.push(b'\n');
@@ -64,13 +94,16 @@ async fn handle(
 }
 
 /// Reads one request line; the error is the message to send back.
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+async fn read_request(stream: &mut UnixStream, timeout: Duration) -> Result<Request, String> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream.take(MAX_MESSAGE as u64));
-    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => return Err(format!("no request within {REQUEST_TIMEOUT:?}")),
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    match tokio::time::timeout(timeout, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(format!("no request within {timeout:?}")),
         Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
         Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
     }
     serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))
 }
