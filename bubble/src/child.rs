@@ -2,6 +2,7 @@
 //! process that started them, stopped politely then firmly.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -41,6 +42,7 @@ impl Service {
         let out = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(log)
             .with_context(|| format!("cannot open the log {}", log.display()))?;
         let err = out.try_clone()?;

@@ -76,7 +76,7 @@ impl SharedDir {
 
     pub fn publish(&self, record: &Record) -> Result<()> {
         let json = serde_json::to_vec_pretty(record)?;
-        hpk_netd::sys::fs::write_atomically(&self.record_path(record.id), &json, 0o644, true)
+        hpk_netd::sys::fs::write_atomically(&self.record_path(record.id), &json, 0o600, true)
     }
 
     /// Removes bubble `id`'s record if it is still the one `init` published.

@@ -36,6 +36,71 @@ fn pids_of(cluster: &Cluster, needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Every file and directory under `dir` with its permission bits, for the modes check.
+fn modes(dir: &std::path::Path, out: &mut Vec<(String, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        out.push((
+            e.path().display().to_string(),
+            meta.permissions().mode() & 0o7777,
+        ));
+        if meta.is_dir() {
+            modes(&e.path(), out);
+        }
+    }
+}
+
+/// What hpktainer writes has the narrowest mode that works: nothing anyone else may
+/// write, and records, logs, keys and sockets for their owner alone; the state directory
+/// is 0700. Inside it, the containers' files
+/// (`containers/`, runc's `runtime/`) stay readable: a container's non-root user must read
+/// its hosts file.
+fn assert_narrow_modes(c: &Cluster, ids: &[u32]) {
+    let mut all = Vec::new();
+    modes(&c.shared, &mut all);
+    for id in ids {
+        all.push((c.state_dir(*id).display().to_string(), {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(c.state_dir(*id))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        }));
+        modes(&c.state_dir(*id), &mut all);
+    }
+    eprintln!("modes of what the bubbles wrote:");
+    for (path, mode) in &all {
+        eprintln!("  {mode:04o} {path}");
+    }
+    for (path, mode) in &all {
+        assert_eq!(mode & 0o022, 0, "{path} is writable by others: {mode:o}");
+        let name = path.rsplit('/').next().unwrap();
+        let containers = path.contains("/containers/") || path.contains("/runtime/");
+        let private = !containers && name.ends_with(".json")
+            || name.ends_with(".log")
+            || name == "kubeconfig"
+            || (!containers && name.ends_with(".sock"));
+        if private {
+            assert_eq!(mode & 0o077, 0, "{path} is readable by others: {mode:o}");
+        }
+    }
+    for id in ids {
+        let state = c.state_dir(*id).display().to_string();
+        let (_, mode) = all.iter().find(|(p, _)| *p == state).unwrap();
+        assert_eq!(*mode, 0o700, "{state}");
+    }
+}
+
 #[test]
 fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
     let mut c = Cluster::new(3);
@@ -92,6 +157,7 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
         !port_free(&c, 1, false, 8472),
         "bubble 2's socket holds the port"
     );
+    assert_narrow_modes(&c, &[1, 2, 3]);
 
     // The outside world, through the bubbles' NAT.
     // (The echo server never closes: busybox nc is ended once the answer is in.)

@@ -31,6 +31,8 @@ pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
         .arg(format!("{RUN_DIR}/netd"))
         .arg("--socket")
         .arg(socket())
+        // Hooks and hpktainer run as the bubble's root, hpk-netd's own uid.
+        .args(["--socket-mode", "0600"])
         .arg("--net-daemon")
         .arg(net_daemon);
     match plan.underlay {

@@ -34,9 +34,11 @@ pub fn start(plan: &UplinkPlan) -> Result<Service> {
     .args(["--ready-fd", &READY_FD.to_string()])
     .args([plan.pid.to_string().as_str(), TAP]);
     let w = ready_w.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; it also clears close-on-exec on the copy.
+    // SAFETY: dup2 and umask are async-signal-safe; dup2 also clears close-on-exec on the
+    // copy. The umask makes the API socket slirp4netns creates its owner's alone.
     unsafe {
         cmd.pre_exec(move || {
+            libc::umask(0o077);
             if libc::dup2(w, READY_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -7,6 +7,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -44,8 +45,7 @@ impl Ipam {
             state_dir
                 .join("ipam")
                 .join(format!("{}-{}", subnet.network(), subnet.prefix_len()));
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create address store {}", dir.display()))?;
+        crate::sys::fs::private_dir(&dir).context("address store")?;
         Ok(Ipam {
             dir,
             subnet,
@@ -77,6 +77,7 @@ impl Ipam {
         match OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(self.dir.join(addr.to_string()))
         {
             Ok(mut f) => {
@@ -125,7 +126,13 @@ impl Ipam {
             .map_or(0, |i| i + 1);
         for addr in hosts[start..].iter().chain(&hosts[..start]) {
             if self.claim(*addr, owner)? {
-                let _ = fs::write(self.dir.join("last"), addr.to_string());
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(self.dir.join("last"))
+                    .and_then(|mut f| f.write_all(addr.to_string().as_bytes()));
                 return Ok(*addr);
             }
         }

@@ -93,8 +93,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         Arc::new(Iptables),
         crate::bubble::firewall::bubble_chains(env.subnet, env.network, masquerade),
     ));
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    crate::sys::fs::private_dir(&cfg.state_dir).context("state directory")?;
     let ipam = Ipam::open(&cfg.state_dir, env.subnet, env.gateway)?;
     let store = Store::open(&cfg.state_dir)?;
     let endpoints = Endpoints::new(

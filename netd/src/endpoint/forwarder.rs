@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -42,6 +43,7 @@ pub fn spawn(
     let log_file = File::options()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .with_context(|| format!("cannot open forwarder log {}", log.display()))?;
     let _spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -36,7 +36,7 @@ pub struct Store {
 impl Store {
     pub fn open(state_dir: &Path) -> Result<Store> {
         let dir = state_dir.join("endpoints");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::sys::fs::private_dir(&dir)?;
         Ok(Store { dir })
     }
 
@@ -56,7 +56,7 @@ impl Store {
 
     pub fn save(&self, record: &Record) -> Result<()> {
         let data = serde_json::to_vec_pretty(record)?;
-        write_atomically(&self.path(record.spec.id()), &data, 0o644, false)
+        write_atomically(&self.path(record.spec.id()), &data, 0o600, false)
     }
 
     /// Forgets `id`: its record, its forwarder's log and socket.

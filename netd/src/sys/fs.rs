@@ -31,3 +31,14 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32, durable: bool) -> R
     }
     written.with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// Creates `path` and its missing parents as directories only their owner may enter
+/// (hpk-netd's and the bubble's state holds nothing others need).
+pub fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
