@@ -455,3 +455,101 @@ fn endpoints_of_an_old_subnet_are_detached_at_restart() {
         .assert_empty(&s.host.ns, &[before[0].forwarder_pid]);
     drop(c);
 }
+
+/// Packets c's tap0 has received, from its /proc/net/dev.
+fn rx_packets(c: &testkit::runc::Container) -> u64 {
+    let dev = String::from_utf8_lossy(&c.exec(&["cat", "/proc/net/dev"]).stdout).into_owned();
+    let line = dev
+        .lines()
+        .find(|l| l.trim_start().starts_with("tap0:"))
+        .expect("tap0 in /proc/net/dev");
+    line.split_once(':')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A container takes its neighbour's MAC and address and announces them. Returns
+/// whether the bridge then sent the neighbour's MAC to the thief's port, and how many of
+/// 3 pings from a third container reached the neighbour.
+fn takeover(flags: &[&str]) -> (bool, u64) {
+    let s = Site::flannel_with("10.244.3.1/24", flags);
+    let c1 = s.host.runc.run("a1", &s.host.bundle).unwrap();
+    let c2 = s.host.runc.run("a2", &s.host.bundle).unwrap();
+    let thief = s.host.runc.run("thief", &s.host.bundle).unwrap();
+    let a2 = s.host.address_of("a2").to_string();
+    let thief_port = s
+        .host
+        .netd()
+        .status()
+        .endpoints
+        .iter()
+        .find(|e| e.id == "thief")
+        .unwrap()
+        .bubble_tap
+        .clone();
+    let link =
+        String::from_utf8_lossy(&c2.exec(&["ip", "link", "show", "tap0"]).stdout).into_owned();
+    let mac2 = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(c1.ping(&a2));
+    // (As the container's root with CAP_NET_ADMIN would: from inside its namespace.)
+    let script = format!(
+        "ip link set tap0 down && ip link set tap0 address {mac2} && ip link set tap0 up && \
+         ip addr add {a2}/24 dev tap0 && arping -U -c 1 -I tap0 {a2}; true"
+    );
+    run(std::process::Command::new("nsenter")
+        .arg(format!("--net={}", thief.netns().display()))
+        .args(["busybox", "sh", "-c", &script]));
+    let fdb = String::from_utf8_lossy(
+        &run(s
+            .host
+            .ns
+            .cmd("bridge")
+            .args(["fdb", "show", "br", "hpk-bridge"]))
+        .stdout,
+    )
+    .into_owned();
+    let diverted = fdb
+        .lines()
+        .any(|l| l.starts_with(&mac2) && l.contains(&format!("dev {thief_port} ")));
+    let before = rx_packets(&c2);
+    for _ in 0..3 {
+        c1.exec(&["ping", "-c", "1", "-W", "1", &a2]);
+    }
+    let reached = rx_packets(&c2) - before;
+    for c in [&c1, &c2, &thief] {
+        c.stop();
+    }
+    s.host.netd().assert_empty(&s.host.ns, &[]);
+    (diverted, reached)
+}
+
+#[test]
+fn a_container_cannot_take_over_its_neighbours_address() {
+    // Without anti-spoofing the bridge learns the neighbour's MAC on the thief's port...
+    let (diverted, _) = takeover(&["--antispoof", "false"]);
+    assert!(
+        diverted,
+        "the attack does not work unguarded: the test would see nothing"
+    );
+    // ...with it (the default) the thief's frames never enter the bridge, and the
+    // neighbour keeps its traffic.
+    let (diverted, reached) = takeover(&[]);
+    assert!(
+        !diverted,
+        "the bridge learned the neighbour's MAC on the thief's port"
+    );
+    assert!(
+        reached >= 3,
+        "the neighbour lost its traffic: {reached} of 3 pings reached it"
+    );
+}

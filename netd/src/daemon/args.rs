@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// hpk-net-daemons, the original design), or auto (veth where possible, else tap).
     #[arg(long, env = "HPK_NETD_ENDPOINT", value_enum)]
     endpoint: Option<EndpointKind>,
+    /// Let containers send only from their own MAC and address (nftables).
+    #[arg(long, env = "HPK_NETD_ANTISPOOF", value_name = "BOOL")]
+    antispoof: Option<bool>,
     /// The hpk-net-daemon binary.
     #[arg(long, env = "HPK_NETD_NET_DAEMON", value_name = "PATH")]
     net_daemon: Option<String>,
@@ -122,6 +125,7 @@ impl RunArgs {
         set!(masquerade <- self.masquerade);
         set!(container_tap <- self.container_tap);
         set!(endpoint <- self.endpoint);
+        set!(antispoof <- self.antispoof);
         set!(net_daemon <- self.net_daemon);
         set!(subnet.subnet_file <- self.subnet_file);
         set!(subnet.source <- self.subnet_source);

@@ -196,6 +196,8 @@ pub struct Config {
     /// Endpoint kind of containers that do not ask for one (annotation
     /// io.hpktainer.endpoint).
     pub endpoint: EndpointKind,
+    /// Containers may send only from their own MAC and address (nftables, bridge family).
+    pub antispoof: bool,
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
     pub net_daemon: String,
     pub subnet: SubnetConfig,
@@ -213,6 +215,7 @@ impl Default for Config {
             masquerade: Masquerade::Auto,
             container_tap: "tap0".into(),
             endpoint: EndpointKind::Auto,
+            antispoof: true,
             net_daemon: String::new(),
             subnet: SubnetConfig::default(),
         }

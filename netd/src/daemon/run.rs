@@ -82,10 +82,11 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
     info!(source = source.describe(), "hpk-netd starting");
     let env = source.acquire().await?;
     let masquerade = cfg.masquerade.ours(env.ipmasq);
+    let antispoof = cfg.antispoof;
     {
         let (env, bridge) = (env.clone(), cfg.bridge.clone());
         tokio::task::spawn_blocking(move || {
-            crate::bubble::prepare(&env, &bridge, masquerade, &Iptables)
+            crate::bubble::prepare(&env, &bridge, masquerade, antispoof, &Iptables)
         })
         .await??;
     }
@@ -103,6 +104,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
             container_tap: cfg.container_tap.clone(),
             net_daemon: cfg.net_daemon_path(),
             endpoint: cfg.endpoint,
+            antispoof: cfg.antispoof,
         },
         ipam,
         store,

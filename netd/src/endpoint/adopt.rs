@@ -61,6 +61,14 @@ impl Endpoints {
                     }
                     let _ = svc.store.save(&record);
                 }
+                // The table was made afresh at start-up: guard the port again.
+                if intact {
+                    if let Err(e) = svc.guard(&record.spec) {
+                        error!(id, error = %format!("{e:#}"), "cannot guard the endpoint; detaching");
+                        svc.teardown(&record);
+                        continue;
+                    }
+                }
                 kept.push(record);
             }
             let owners: HashSet<_> =

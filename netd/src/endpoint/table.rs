@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use hpk_hook::proto::{AttachRequest, Attachment, EndpointKind};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
@@ -16,6 +16,7 @@ use super::build::{self, check_own_netns, VethNotPossible};
 use super::forwarder;
 use super::store::{Record, Store};
 use super::{bubble_tap_name, netns_of, validate_id, EndpointSpec};
+use crate::bubble::antispoof;
 use crate::bubble::ipam::Ipam;
 use crate::datapath::args::{Mode, NetDaemonArgs};
 use crate::subnet::SubnetEnv;
@@ -48,6 +49,8 @@ pub struct Settings {
     pub net_daemon: PathBuf,
     /// The endpoint kind of containers that do not ask for one.
     pub endpoint: EndpointKind,
+    /// Guard each endpoint's bridge port against spoofed MACs and addresses.
+    pub antispoof: bool,
 }
 
 pub struct Endpoints {
@@ -73,6 +76,34 @@ impl Endpoints {
         &self,
         spec: &EndpointSpec,
     ) -> Result<(Option<ProcId>, Option<ProcId>)> {
+        let started = self.build_data_path(spec)?;
+        if let Err(e) = self.guard(spec) {
+            let (forwarder, client) = started;
+            self.stop_data_path(&Record {
+                spec: spec.clone(),
+                forwarder,
+                client,
+            });
+            return Err(e);
+        }
+        Ok(started)
+    }
+
+    /// Lets the endpoint's port carry only its own MAC and address (when configured).
+    pub(super) fn guard(&self, spec: &EndpointSpec) -> Result<()> {
+        if !self.settings.antispoof {
+            return Ok(());
+        }
+        let att = &spec.attachment;
+        antispoof::run(&antispoof::guard_script(
+            &att.bubble_tap,
+            build::container_mac(att.address),
+            att.address,
+        ))
+        .with_context(|| format!("anti-spoofing rules of {}", spec.id()))
+    }
+
+    fn build_data_path(&self, spec: &EndpointSpec) -> Result<(Option<ProcId>, Option<ProcId>)> {
         let daemon = &self.settings.net_daemon;
         let log = self.store.log_path(spec.id());
         match spec.attachment.kind {
@@ -308,6 +339,10 @@ impl Endpoints {
         let att = &record.spec.attachment;
         if let Err(e) = build::remove_bubble_link(&att.bubble_tap) {
             warn!(id = att.id, error = %e, "bubble link cleanup");
+        }
+        if self.settings.antispoof {
+            // Absent rules (never made, or a reset) are no error.
+            let _ = antispoof::run(&antispoof::unguard_script(&att.bubble_tap));
         }
     }
 
