@@ -76,17 +76,35 @@ impl Endpoints {
         &self,
         spec: &EndpointSpec,
     ) -> Result<(Option<ProcId>, Option<ProcId>)> {
-        let started = self.build_data_path(spec)?;
-        if let Err(e) = self.guard(spec) {
-            let (forwarder, client) = started;
-            self.stop_data_path(&Record {
-                spec: spec.clone(),
-                forwarder,
-                client,
-            });
-            return Err(e);
+        // The rules name the port, not its index: they go in while the port is built
+        // (an nft run takes as long as building a veth pair).
+        let (started, guarded) = std::thread::scope(|scope| {
+            let guard = scope.spawn(|| self.guard(spec));
+            let started = self.build_data_path(spec);
+            (
+                started,
+                guard
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("the guard thread panicked"))),
+            )
+        });
+        match (started, guarded) {
+            (Ok(started), Ok(())) => Ok(started),
+            (Ok((forwarder, client)), Err(e)) => {
+                self.stop_data_path(&Record {
+                    spec: spec.clone(),
+                    forwarder,
+                    client,
+                });
+                Err(e)
+            }
+            (Err(e), guarded) => {
+                if guarded.is_ok() && self.settings.antispoof {
+                    let _ = antispoof::run(&antispoof::unguard_script(&spec.attachment.bubble_tap));
+                }
+                Err(e)
+            }
         }
-        Ok(started)
     }
 
     /// Lets the endpoint's port carry only its own MAC and address (when configured).
