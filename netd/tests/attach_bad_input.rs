@@ -434,3 +434,70 @@ fn a_flood_of_bad_connections_does_not_stop_attaches() {
         || fds() <= fds_before + 2,
     );
 }
+
+#[test]
+fn a_full_state_directory_fails_the_attach_and_leaves_nothing() {
+    let p = prefix();
+    let scratch = Scratch::new(&p);
+    let ns = Netns::new(format!("{p}-b"));
+    std::fs::write(
+        scratch.0.join("subnet.env"),
+        subnet_env("10.244.3.1/24", 1450, false),
+    )
+    .unwrap();
+    // The state directory on a small file system of its own.
+    let state = scratch.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&state));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let netd = Netd::start(&ns, &scratch.0, &[]);
+    rootfs(&scratch.0);
+    let b = bundle(
+        &scratch.0,
+        "sleeper",
+        &BundleSpec {
+            args: &["sleep", "600"],
+            socket: &netd.socket,
+            annotations: &[],
+            rootless: false,
+            no_hooks: false,
+        },
+    );
+    let runc = Runc::new(&ns, &scratch.0);
+    // Fill it up.
+    let filler = state.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    let links_before = ns.links();
+    let err = runc
+        .run("crowded", &b)
+        .expect_err("no space for its records");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(ns.links(), links_before, "the failed attach left a link");
+    let status = netd.status();
+    assert_eq!(
+        (status.endpoints.len(), status.addresses_in_use),
+        (0, 0),
+        "{status:?}"
+    );
+    // Room again: the next start works, with the first address (nothing was half-claimed).
+    std::fs::remove_file(&filler).unwrap();
+    let c = runc.run("roomy", &b).expect("starts once there is room");
+    assert_eq!(
+        netd.status().endpoints[0].address,
+        std::net::Ipv4Addr::new(10, 244, 3, 2)
+    );
+    c.stop();
+    netd.assert_empty(&ns, &[]);
+}

@@ -74,14 +74,19 @@ impl Ipam {
 
     /// Tries to claim `addr` for `owner`; `Ok(false)` when someone has it.
     fn claim(&self, addr: Ipv4Addr, owner: &str) -> Result<bool, IpamError> {
+        let path = self.dir.join(addr.to_string());
         match OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(self.dir.join(addr.to_string()))
+            .open(&path)
         {
             Ok(mut f) => {
-                f.write_all(owner.as_bytes()).map_err(|e| self.io(e))?;
+                if let Err(e) = f.write_all(owner.as_bytes()) {
+                    // A full file system: an empty claim would hold the address forever.
+                    let _ = fs::remove_file(&path);
+                    return Err(self.io(e));
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
