@@ -31,24 +31,16 @@ fn socket_endpoints_get_addresses_reach_each_other_and_the_outside() {
 
 #[test]
 fn a_killed_socket_client_is_restarted_with_its_server() {
-    let s = Site::flannel_with("10.244.3.1/24", &["--endpoint", "socket"]);
+    let mut s = Site::flannel_with("10.244.3.1/24", &["--endpoint", "socket"]);
     let c1 = s.host.runc.run("s1", &s.host.bundle).unwrap();
     let c2 = s.host.runc.run("s2", &s.host.bundle).unwrap();
     let a2 = s.host.address_of("s2");
     assert!(c1.ping(&a2.to_string()));
-    // The client of s1: an hpk-net-daemon in client mode on s1's socket.
-    let sock = s.host.dir.join("state/endpoints/s1.sock");
-    let client = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains("--mode client") && cmd.contains(&*sock.to_string_lossy())
-        })
-        .expect("s1's client runs");
+    let sock1 = s.host.dir.join("state/endpoints/s1.sock");
+    let client = daemons_on(&sock1, "--mode client");
+    assert_eq!(client.len(), 1, "s1's client runs");
     let server_before = s.host.forwarders();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(client), Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(client[0]), Signal::SIGKILL);
     wait_until("the pair to be rebuilt", Duration::from_secs(10), || {
         let now = s.host.forwarders();
         now.len() == 2 && now != server_before
@@ -58,11 +50,46 @@ fn a_killed_socket_client_is_restarted_with_its_server() {
         Duration::from_secs(10),
         || c1.ping(&a2.to_string()),
     );
+
+    // Both ends follow their container, even with hpk-netd away.
+    let pid2 = s
+        .host
+        .netd()
+        .status()
+        .endpoints
+        .iter()
+        .find(|e| e.id == "s2")
+        .unwrap()
+        .pid;
+    s.host.netd_mut().proc.stop_with(Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid2), Signal::SIGKILL);
+    let sock2 = s.host.dir.join("state/endpoints/s2.sock");
+    wait_until(
+        "s2's server and client to exit with it",
+        Duration::from_secs(10),
+        || daemons_on(&sock2, "").is_empty(),
+    );
+    s.host.start_netd(&["--endpoint", "socket"]);
+    drop(c2);
     let fw = s.host.forwarders();
     c1.stop();
-    c2.stop();
     s.host.netd().assert_empty(&s.host.ns, &fw);
-    assert!(!sock.exists(), "the socket file is left");
+    assert!(!sock1.exists() && !sock2.exists(), "a socket file is left");
+}
+
+/// hpk-net-daemons serving or using `sock` whose command line also has `with`.
+fn daemons_on(sock: &std::path::Path, with: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("hpk-net-daemon")
+                && cmd.contains(with)
+                && cmd.contains(&*sock.to_string_lossy())
+        })
+        .collect()
 }
 
 /// Two containers on hpk-netd started with `flags`, whose endpoints are of `kind`.

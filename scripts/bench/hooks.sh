@@ -24,8 +24,11 @@ hpk_binaries
 scratch hk
 bubble=$p-b
 pids=()
+kinds=(veth tap socket)
 cleanup() {
-    for id in veth1 veth2 tap1 tap2; do in_bubble runc --root "$dir/runc" delete --force "$id" >/dev/null 2>&1 || true; done
+    for k in "${kinds[@]}"; do
+        for id in "${k}1" "${k}2"; do in_bubble runc --root "$dir/runc" delete --force "$id" >/dev/null 2>&1 || true; done
+    done
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     for ns in "$bubble" "$p-v1" "$p-v2" "$p-vb"; do ip netns del "$ns" 2>/dev/null || true; done
@@ -61,7 +64,6 @@ make_bundle() { # NAME HOOKS(yes|no) ARGS-JSON [ENDPOINT-KIND]
         "$dir/$1/config.json" >"$dir/$1/c.json"
     mv "$dir/$1/c.json" "$dir/$1/config.json"
 }
-kinds=(veth tap socket)
 make_bundle plain no '["true"]'
 for k in "${kinds[@]}"; do
     make_bundle "hooked-$k" yes '["true"]' "$k"

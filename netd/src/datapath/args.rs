@@ -171,19 +171,14 @@ impl NetDaemonArgs {
         args
     }
 
-    /// One end of a socket-mode pair on an inherited tap fd: the server (bubble side) or
-    /// the client (container side, following the container's process).
-    pub fn socket_end(
-        mode: Mode,
-        tap_fd: RawFd,
-        socket: PathBuf,
-        watch_pid: Option<i32>,
-    ) -> NetDaemonArgs {
+    /// One end of a socket-mode pair on an inherited tap fd (server on the bubble side,
+    /// client on the container's), following the container's process.
+    pub fn socket_end(mode: Mode, tap_fd: RawFd, socket: PathBuf, watch_pid: i32) -> NetDaemonArgs {
         let mut args = NetDaemonArgs::parse_from(["hpk-net-daemon"]);
         args.mode = mode;
         args.tap_fd = Some(tap_fd);
         args.socket = Some(socket);
-        args.watch_pid = watch_pid;
+        args.watch_pid = Some(watch_pid);
         args
     }
 

@@ -54,17 +54,17 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
     };
 
     let mut socket_path = None;
-    // The container side (tap mode, or a client hpk-netd started) ends with its container.
-    if cli.mode != Mode::Server {
-        if let Some(watch) = container_watch(&cli)? {
-            std::thread::Builder::new()
-                .name("container".into())
-                .spawn(move || {
-                    if watch.wait().is_ok() {
-                        let _ = exited.send(Event::ContainerExited(watch.pid()));
-                    }
-                })?;
-        }
+    // A forwarder that follows a container (--watch-pid, or tap mode's /proc/PID/ns/net)
+    // ends with it: its taps would otherwise outlive the container, and, should hpk-netd be
+    // gone too, nobody would stop it.
+    if let Some(watch) = container_watch(&cli)? {
+        std::thread::Builder::new()
+            .name("container".into())
+            .spawn(move || {
+                if watch.wait().is_ok() {
+                    let _ = exited.send(Event::ContainerExited(watch.pid()));
+                }
+            })?;
     }
     match cli.mode {
         Mode::Tap => start_tap_to_tap(&cli, on_stop)?,

@@ -144,18 +144,17 @@ impl Endpoints {
                 let (container, bubble) = build::build_taps(spec)?;
                 let socket = self.store.socket_path(spec.id());
                 let _ = std::fs::remove_file(&socket);
-                let at = socket.clone();
+                let (at, pid) = (socket.clone(), spec.pid);
                 let server = forwarder::spawn(
                     daemon,
                     vec![bubble],
-                    |fds| NetDaemonArgs::socket_end(Mode::Server, fds[0], at, None),
+                    |fds| NetDaemonArgs::socket_end(Mode::Server, fds[0], at, pid),
                     &log,
                 )?;
-                let pid = spec.pid;
                 let client = forwarder::spawn(
                     daemon,
                     vec![container],
-                    |fds| NetDaemonArgs::socket_end(Mode::Client, fds[0], socket, Some(pid)),
+                    |fds| NetDaemonArgs::socket_end(Mode::Client, fds[0], socket, pid),
                     &log,
                 );
                 match client {
