@@ -62,6 +62,15 @@ fn state(id: &str, pid: Option<i32>) -> String {
 
 /// A bubble with hpk-netd on `subnet`, `extra` flags added.
 fn bubble(subnet: &str, extra: &[&str]) -> (Scratch, Netns, Netd) {
+    bubble_prepared(subnet, extra, |_| {})
+}
+
+/// The same, `prepare` run on the scratch directory before hpk-netd starts.
+fn bubble_prepared(
+    subnet: &str,
+    extra: &[&str],
+    prepare: impl FnOnce(&Path),
+) -> (Scratch, Netns, Netd) {
     let p = prefix();
     let scratch = Scratch::new(&p);
     let ns = Netns::new(format!("{p}-b"));
@@ -70,8 +79,26 @@ fn bubble(subnet: &str, extra: &[&str]) -> (Scratch, Netns, Netd) {
         subnet_env(subnet, 1450, false),
     )
     .unwrap();
+    prepare(&scratch.0);
     let netd = Netd::start(&ns, &scratch.0, extra);
     (scratch, ns, netd)
+}
+
+/// A `sleep 600` bundle with hooks pointing at `netd`, and runc in the bubble `ns`.
+fn sleeper(dir: &Path, ns: &Netns, netd: &Netd) -> (std::path::PathBuf, Runc) {
+    rootfs(dir);
+    let b = bundle(
+        dir,
+        "sleeper",
+        &BundleSpec {
+            args: &["sleep", "600"],
+            socket: &netd.socket,
+            annotations: &[],
+            rootless: false,
+            no_hooks: false,
+        },
+    );
+    (b, Runc::new(ns, dir))
 }
 
 #[test]
@@ -177,19 +204,7 @@ fn detach_of_an_unknown_container_succeeds() {
 #[test]
 fn exhausted_pool_fails_the_start_and_leaks_nothing() {
     let (s, ns, netd) = bubble("10.244.3.1/29", &[]);
-    rootfs(&s.0);
-    let b = bundle(
-        &s.0,
-        "sleeper",
-        &BundleSpec {
-            args: &["sleep", "600"],
-            socket: &netd.socket,
-            annotations: &[],
-            rootless: false,
-            no_hooks: false,
-        },
-    );
-    let runc = Runc::new(&ns, &s.0);
+    let (b, runc) = sleeper(&s.0, &ns, &netd);
     let full: Vec<_> = (0..5)
         .map(|i| runc.run(&format!("fill-{i}"), &b).expect("fits"))
         .collect();
@@ -356,19 +371,7 @@ fn a_flood_of_bad_connections_does_not_stop_attaches() {
             .count()
     };
     let fds_before = fds();
-    rootfs(&s.0);
-    let b = bundle(
-        &s.0,
-        "sleeper",
-        &BundleSpec {
-            args: &["sleep", "600"],
-            socket: &netd.socket,
-            annotations: &[],
-            rootless: false,
-            no_hooks: false,
-        },
-    );
-    let runc = Runc::new(&ns, &s.0);
+    let (b, runc) = sleeper(&s.0, &ns, &netd);
     // Another user opens thousands of idle connections; root sends garbage, oversized
     // and half requests, in four threads.
     let mut idle = Command::new("setpriv")
@@ -437,41 +440,26 @@ fn a_flood_of_bad_connections_does_not_stop_attaches() {
 
 #[test]
 fn a_full_state_directory_fails_the_attach_and_leaves_nothing() {
-    let p = prefix();
-    let scratch = Scratch::new(&p);
-    let ns = Netns::new(format!("{p}-b"));
-    std::fs::write(
-        scratch.0.join("subnet.env"),
-        subnet_env("10.244.3.1/24", 1450, false),
-    )
-    .unwrap();
-    // The state directory on a small file system of its own.
-    let state = scratch.0.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(&state));
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
-    let _unmount = Unmount(state.clone());
-    let netd = Netd::start(&ns, &scratch.0, &[]);
-    rootfs(&scratch.0);
-    let b = bundle(
-        &scratch.0,
-        "sleeper",
-        &BundleSpec {
-            args: &["sleep", "600"],
-            socket: &netd.socket,
-            annotations: &[],
-            rootless: false,
-            no_hooks: false,
-        },
-    );
-    let runc = Runc::new(&ns, &scratch.0);
+    let mut unmount = None;
+    // The state directory on a small file system of its own.
+    let (scratch, ns, netd) = bubble_prepared("10.244.3.1/24", &[], |dir| {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+            .arg(&state));
+        unmount = Some(Unmount(state));
+    });
+    // Unmounted before the scratch directory goes (declared later, dropped earlier).
+    let _unmount = unmount;
+    let state = scratch.0.join("state");
+    let (b, runc) = sleeper(&scratch.0, &ns, &netd);
     // Fill it up.
     let filler = state.join("filler");
     let _ = Command::new("dd")

@@ -37,6 +37,22 @@ fn start_userspace(h: &mut Host, url: &str, socket: &std::path::Path) {
     h.start_netd(&Host::etcd_args(url, &["--underlay-socket", socket]));
 }
 
+/// `n` hosts, each hpk-netd on a host socket; the servers live as long as they are kept.
+fn userspace_cluster(n: usize) -> (Cluster, Vec<Server>) {
+    let mut cl = Cluster::new(n);
+    let url = cl.etcd.url.clone();
+    let servers = cl
+        .hosts
+        .iter_mut()
+        .map(|h| {
+            let (server, path) = serve_host_socket(h);
+            start_userspace(h, &url, &path);
+            server
+        })
+        .collect();
+    (cl, servers)
+}
+
 fn underlay(h: &Host) -> UnderlayStatus {
     h.netd()
         .status()
@@ -64,19 +80,8 @@ fn reach_each_other(cs: &[(testkit::runc::Container, Ipv4Addr)]) {
 
 #[test]
 fn userspace_vteps_on_three_hosts_carry_tcp() {
-    let mut cl = Cluster::new(3);
-    let mut servers = Vec::new();
-    for h in &mut cl.hosts {
-        let (server, path) = serve_host_socket(h);
-        start_userspace(h, &cl.etcd.url, &path);
-        servers.push(server);
-    }
-    let cs: Vec<_> = cl
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| h.container(&format!("c{i}")))
-        .collect();
+    let (cl, _servers) = userspace_cluster(3);
+    let cs = cl.containers(3);
     reach_each_other(&cs);
     tcp_stream(
         &cs[2].0.netns(),
@@ -137,9 +142,7 @@ fn kernel_vxlan_peers_and_a_flanneld_node_talk_to_a_userspace_vtep() {
     cl.hosts[1].start_netd(&Host::etcd_args(&etcd_url, &[]));
     assert_eq!(underlay(&cl.hosts[1]).kind, "kernel");
     let fixture = flanneld_node(&cl.etcd, &cl.hosts[2].ns, cl.hosts[2].addr);
-    let cs: Vec<_> = (0..2)
-        .map(|i| cl.hosts[i].container(&format!("c{i}")))
-        .collect();
+    let cs = cl.containers(2);
     reach_each_other(&cs);
     tcp_stream(
         &cs[0].0.netns(),
@@ -182,16 +185,8 @@ fn send_datagram(ns: &Netns, from: Ipv4Addr, to: Ipv4Addr, payload: Vec<u8>) {
 
 #[test]
 fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
-    let mut cl = Cluster::new(3);
-    let mut servers = Vec::new();
-    for h in &mut cl.hosts {
-        let (server, path) = serve_host_socket(h);
-        start_userspace(h, &cl.etcd.url, &path);
-        servers.push(server);
-    }
-    let cs: Vec<_> = (0..3)
-        .map(|i| cl.hosts[i].container(&format!("c{i}")))
-        .collect();
+    let (mut cl, _servers) = userspace_cluster(3);
+    let cs = cl.containers(3);
     reach_each_other(&cs);
 
     let (h0, h1) = (&cl.hosts[0], &cl.hosts[1]);
@@ -255,16 +250,8 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
 
 #[test]
 fn a_restarted_netd_fetches_the_socket_again() {
-    let mut cl = Cluster::new(2);
-    let mut servers = Vec::new();
-    for h in &mut cl.hosts {
-        let (server, path) = serve_host_socket(h);
-        start_userspace(h, &cl.etcd.url, &path);
-        servers.push(server);
-    }
-    let cs: Vec<_> = (0..2)
-        .map(|i| cl.hosts[i].container(&format!("c{i}")))
-        .collect();
+    let (mut cl, _servers) = userspace_cluster(2);
+    let cs = cl.containers(2);
     reach_each_other(&cs);
     let lease_before = cl.etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/"));
     cl.hosts[1].netd_mut().proc.stop_with(Signal::SIGKILL);

@@ -29,12 +29,7 @@ fn containers_on_three_hosts_reach_each_other() {
         subnets[0] != subnets[1] && subnets[1] != subnets[2] && subnets[0] != subnets[2],
         "{subnets:?}"
     );
-    let cs: Vec<(Container, Ipv4Addr)> = cl
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| h.container(&format!("c{i}")))
-        .collect();
+    let cs = cl.containers(3);
     for (i, (c, _)) in cs.iter().enumerate() {
         for (j, (_, addr)) in cs.iter().enumerate() {
             if i != j {

@@ -255,6 +255,15 @@ impl Cluster {
         }
     }
 
+    /// A sleeper container `cI` on each of the first `n` hosts, with its address.
+    pub fn containers(&self, n: usize) -> Vec<(Container, Ipv4Addr)> {
+        self.hosts[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.container(&format!("c{i}")))
+            .collect()
+    }
+
     /// Starts hpk-netd with the etcd agent on every host.
     pub fn start_all(&mut self) {
         for h in &mut self.hosts {
