@@ -268,15 +268,15 @@ impl Tap {
     /// Turns checksum/segmentation offloads on (the richest set the kernel takes) or off.
     /// Off, the kernel hands out only whole, checksummed frames (with a zeroed header).
     pub fn set_offloads(&self, on: bool) -> Result<&'static str, TapError> {
-        let fd = self.file.as_raw_fd();
         let sets: &[(libc::c_uint, &'static str)] = if on { &OFFLOAD_SETS } else { &[(0, "none")] };
+        let mut last = None;
         for (bits, label) in sets {
-            // SAFETY: TUNSETOFFLOAD takes the flag word by value.
-            if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, *bits as libc::c_ulong) } == 0 {
-                return Ok(label);
+            match self.set_offload_bits(*bits) {
+                Ok(()) => return Ok(label),
+                Err(e) => last = Some(e),
             }
         }
-        Err(self.ioctl_error("TUNSETOFFLOAD"))
+        Err(last.expect("at least one offload set"))
     }
 
     /// Offers exactly the offloads in `bits` (TUN_F_*), for a reader that handles only

@@ -42,11 +42,10 @@ pub struct Path {
 }
 
 /// Sizes the socket's buffers and turns on UDP GRO; says what the kernel granted.
-fn tune(socket: &UdpSocket) -> io::Result<bool> {
-    let force = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_ok();
-    if !force {
-        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
-    }
+/// Returns whether UDP GSO is available.
+fn tune(socket: &UdpSocket) -> bool {
+    let _ = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER));
     let _ = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
         .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER));
     let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
@@ -66,13 +65,13 @@ fn tune(socket: &UdpSocket) -> io::Result<bool> {
              bursts may be dropped: raise net.core.rmem_max on the hosts"
         );
     }
-    Ok(gso)
+    gso
 }
 
 /// Starts both directions. A thread that fails for good (the tap or the socket is gone)
 /// ends hpk-netd so that its supervisor starts it again.
 pub fn spawn(path: Path) -> io::Result<()> {
-    let gso = tune(&path.socket)?;
+    let gso = tune(&path.socket);
     let path = Arc::new(path);
     let tx = path.clone();
     std::thread::Builder::new()
