@@ -99,8 +99,8 @@ impl Endpoints {
                 Err(e)
             }
             (Err(e), guarded) => {
-                if guarded.is_ok() && self.settings.antispoof {
-                    let _ = antispoof::run(&antispoof::unguard_script(&spec.attachment.bubble_tap));
+                if guarded.is_ok() {
+                    self.unguard(&spec.attachment.bubble_tap);
                 }
                 Err(e)
             }
@@ -119,6 +119,13 @@ impl Endpoints {
             att.address,
         ))
         .with_context(|| format!("anti-spoofing rules of {}", spec.id()))
+    }
+
+    /// Removes the port's rules; absent ones (never made, or a reset) are no error.
+    fn unguard(&self, port: &str) {
+        if self.settings.antispoof {
+            let _ = antispoof::run(&antispoof::unguard_script(port));
+        }
     }
 
     fn build_data_path(&self, spec: &EndpointSpec) -> Result<(Option<ProcId>, Option<ProcId>)> {
@@ -357,10 +364,7 @@ impl Endpoints {
         if let Err(e) = build::remove_bubble_link(&att.bubble_tap) {
             warn!(id = att.id, error = %e, "bubble link cleanup");
         }
-        if self.settings.antispoof {
-            // Absent rules (never made, or a reset) are no error.
-            let _ = antispoof::run(&antispoof::unguard_script(&att.bubble_tap));
-        }
+        self.unguard(&att.bubble_tap);
     }
 
     /// Removes the data path and frees the address and records.
