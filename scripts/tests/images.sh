@@ -81,7 +81,8 @@ ip -n "$p-b" addr add 10.244.9.1/24 dev br0
 ip -n "$p-b" link set br0 up
 ip netns add "$p-c"
 mkdir -p "$work/sock"
-ip netns exec "$p-b" bin/hpk-net-daemon --mode server --socket "$work/sock/net.sock" \
+# The server is the daemon `make images` just built for this host (bin/ may hold none).
+ip netns exec "$p-b" bin/linux/amd64/hpk-net-daemon --mode server --socket "$work/sock/net.sock" \
     --tap hpkorig --bridge br0 --mtu 1450 2>"$work/server.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/sock/net.sock" ] && break; sleep 0.05; done
