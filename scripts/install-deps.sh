@@ -30,7 +30,7 @@ fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     cat >&2 <<'MSG'
-cargo not found. hpktainer needs Rust 1.80 or newer (Debian 12's rustc 1.63 is too old):
+cargo not found. hpktainer needs Rust 1.88 or newer (Debian 12's rustc 1.63 is too old):
 install it with rustup (https://rustup.rs) and run this again.
 MSG
     exit 1

@@ -120,6 +120,11 @@ pub struct StartArgs {
     /// Host port of the controller's etcd.
     #[arg(long, env = "HPK_ETCD_PORT", default_value_t = 2379)]
     pub etcd_port: u16,
+    /// Serve the controller's etcd over plain HTTP to anyone who reaches the port, as the
+    /// original did. By default it is TLS with client certificates made for this cluster
+    /// (in SHARED_DIR/pki); nodes follow what the controller serves.
+    #[arg(long, env = "HPK_ETCD_PLAIN_HTTP")]
+    pub etcd_plain_http: bool,
     /// Host port of the controller's K3s API server (when K3s is installed).
     #[arg(long, env = "HPK_K3S_PORT", default_value_t = 6443)]
     pub k3s_port: u16,

@@ -9,6 +9,7 @@
 //!
 //! Modules, each using only those before it:
 //! - [`tools`], [`signals`], [`child`]: programs we need, signals, supervised children.
+//! - [`pki`]: the cluster's etcd CA and certificates.
 //! - [`record`]: the shared directory: one record per ready bubble, logs.
 //! - [`host`]: the node: its address, link MTU, free ports.
 //! - [`uplink`]: slirp4netns and pasta, with checked port forwards.
@@ -23,6 +24,8 @@ pub mod signals;
 pub mod child;
 
 pub mod cli;
+
+pub mod pki;
 
 pub mod record;
 

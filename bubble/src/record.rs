@@ -70,6 +70,15 @@ impl SharedDir {
         self.path.join(format!("bubble-{id}.json"))
     }
 
+    /// The cluster's etcd CA and client certificate (the controller writes them).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.path.join("pki")
+    }
+
+    pub fn etcd_client_files(&self) -> crate::pki::ClientFiles {
+        crate::pki::ClientFiles::in_dir(&self.pki_dir())
+    }
+
     pub fn log_path(&self, id: u32, what: &str) -> PathBuf {
         self.path.join(format!("bubble-{id}-{what}.log"))
     }

@@ -24,7 +24,7 @@ use crate::host::{self, Forward, HostLink, Proto};
 use crate::init::{Plan, Report};
 use crate::record::{self, Record, SharedDir};
 use crate::signals::{wants_stop, Signals};
-use crate::{tools, uplink};
+use crate::{pki, tools, uplink};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -48,13 +48,15 @@ struct Node {
 pub fn run(args: StartArgs) -> Result<()> {
     let mut signals = Signals::block()?;
     let node = preflight(&args)?;
-    let etcd_url = match args.role {
-        Role::Controller => format!("http://127.0.0.1:{}", args.etcd_port),
+    let controller_url = match args.role {
+        Role::Controller => None,
         Role::Node => {
             let controller = wait_for_controller(&node.shared, &args, &mut signals)?;
-            controller
-                .etcd
-                .context("the controller's record names no etcd")?
+            Some(
+                controller
+                    .etcd
+                    .context("the controller's record names no etcd")?,
+            )
         }
     };
     let state_dir = args
@@ -62,6 +64,36 @@ pub fn run(args: StartArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_state_dir(args.id));
     let mut running = Running::new(node.shared.clone(), args.id, state_dir.clone())?;
+    let (etcd_url, etcd_client_tls, etcd_server_tls) = match controller_url {
+        Some(url) => {
+            // A node speaks what the controller serves.
+            let tls = url
+                .starts_with("https:")
+                .then(|| node.shared.etcd_client_files());
+            if let Some(files) = &tls {
+                files.check()?;
+            }
+            (url, tls, None)
+        }
+        None if args.etcd_plain_http => {
+            tracing::warn!(
+                "etcd serves plain HTTP: anyone who reaches {}:{} can rewrite the cluster's routes",
+                node.link.addr,
+                args.etcd_port
+            );
+            (format!("http://127.0.0.1:{}", args.etcd_port), None, None)
+        }
+        None => {
+            running.pki = Some(node.shared.pki_dir());
+            let (client, server) = pki::create(
+                &node.shared.pki_dir(),
+                &state_dir.join("pki"),
+                node.link.addr,
+            )?;
+            let url = format!("https://127.0.0.1:{}", args.etcd_port);
+            (url, Some(client), Some(server))
+        }
+    };
     let plan = Plan {
         id: args.id,
         role: args.role,
@@ -72,6 +104,8 @@ pub fn run(args: StartArgs) -> Result<()> {
         k3s_port: args.k3s_port,
         network_config: node.network_text.clone(),
         etcd_url,
+        etcd_client_tls,
+        etcd_server_tls,
         shared_dir: node.shared.path.clone(),
         state_dir: state_dir.clone(),
         ready_fifo: state_dir.join("ready.fifo"),
@@ -238,6 +272,8 @@ struct Running {
     init: Option<ProcId>,
     /// Serves the host socket to hpk-netd (each start of it).
     handover: Option<Server>,
+    /// The cluster's PKI in the shared directory, when this controller made it.
+    pki: Option<PathBuf>,
 }
 
 impl Running {
@@ -262,6 +298,7 @@ impl Running {
             uplink: None,
             init: None,
             handover: None,
+            pki: None,
         })
     }
 
@@ -341,8 +378,14 @@ impl Running {
             host_ip: node.link.addr,
             uplink: node.uplink,
             underlay: plan.underlay,
-            etcd: (plan.role == Role::Controller)
-                .then(|| format!("http://{}:{}", node.link.addr, args.etcd_port)),
+            etcd: (plan.role == Role::Controller).then(|| {
+                let scheme = if plan.etcd_server_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}:{}", node.link.addr, args.etcd_port)
+            }),
             vxlan_port: node.network.port,
             subnet,
             init: self.init.context("the bubble's PID 1 vanished")?,
@@ -418,6 +461,9 @@ impl Drop for Running {
         }
         if let Some(init) = self.init {
             self.shared.withdraw(self.id, init);
+        }
+        if let Some(pki) = &self.pki {
+            let _ = std::fs::remove_dir_all(pki);
         }
         if let Err(e) = std::fs::remove_dir_all(&self.state_dir) {
             tracing::warn!(dir = %self.state_dir.display(), "cannot remove the state dir: {e}");

@@ -67,6 +67,28 @@ fn preflight_errors() {
         &mut start(&c, 0, 2, "node", &["--wait-timeout", "1"]),
         "no controller bubble became ready",
     );
+    // A node whose controller serves TLS, in a shared directory without its certificates.
+    let elsewhere = hpk_bubble::record::Record {
+        id: 1,
+        role: hpk_bubble::cli::Role::Controller,
+        job: None,
+        host: "elsewhere".into(),
+        host_ip: "192.0.2.99".parse().unwrap(),
+        uplink: hpk_bubble::cli::UplinkKind::Pasta,
+        underlay: Default::default(),
+        etcd: Some("https://192.0.2.99:2379".into()),
+        vxlan_port: 8472,
+        subnet: "10.244.7.0/24".into(),
+        init: hpk_netd::sys::process::ProcId { pid: 1, start: 1 },
+        state_dir: "/nonexistent".into(),
+    };
+    let record = c.shared.join("bubble-1.json");
+    std::fs::write(&record, serde_json::to_vec(&elsewhere).unwrap()).unwrap();
+    fails(
+        &mut start(&c, 0, 2, "node", &[]),
+        "etcd-ca.pem: the controller bubble writes it when it starts",
+    );
+    std::fs::remove_file(record).unwrap();
     nothing_left(&c, 1);
     nothing_left(&c, 2);
 }
@@ -182,7 +204,7 @@ fn taken_port_is_named_and_another_port_works() {
         .concat(),
     );
     let record = c.wait_ready(1);
-    assert_eq!(record["etcd"], "http://192.0.2.11:2479");
+    assert_eq!(record["etcd"], "https://192.0.2.11:2479");
     assert_eq!(record["vxlan_port"], 8473);
     assert_eq!(record["underlay"], "host-socket");
     done_tx.send(()).unwrap();

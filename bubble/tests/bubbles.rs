@@ -89,6 +89,7 @@ fn assert_narrow_modes(c: &Cluster, ids: &[u32]) {
         let private = !containers && name.ends_with(".json")
             || name.ends_with(".log")
             || name == "kubeconfig"
+            || name.ends_with(".pem")
             || (!containers && name.ends_with(".sock"));
         if private {
             assert_eq!(mode & 0o077, 0, "{path} is readable by others: {mode:o}");
@@ -101,12 +102,80 @@ fn assert_narrow_modes(c: &Cluster, ids: &[u32]) {
     }
 }
 
+/// The controller's etcd, seen from another host: a client without the cluster's
+/// certificate is refused (over TLS, or plain HTTP); one with it reads the leases.
+fn etcd_serves_only_the_cluster(c: &Cluster) {
+    let pki = c.shared.join("pki");
+    let file = |name: &str| pki.join(name).display().to_string();
+    let etcdctl = |endpoint: &str, extra: &[String]| {
+        c.hosts[2]
+            .0
+            .nsenter("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                endpoint,
+                "--dial-timeout=3s",
+                "--command-timeout=5s",
+            ])
+            .args(extra)
+            .args([
+                "get",
+                "--prefix",
+                "--keys-only",
+                "/coreos.com/network/subnets",
+            ])
+            .output()
+            .unwrap()
+    };
+    let ca = vec!["--cacert".to_string(), file("etcd-ca.pem")];
+    let out = etcdctl("https://192.0.2.11:2379", &ca);
+    assert!(
+        !out.status.success(),
+        "no client certificate: {}",
+        stdout(&out)
+    );
+    let out = etcdctl("http://192.0.2.11:2379", &[]);
+    assert!(!out.status.success(), "plain HTTP: {}", stdout(&out));
+    // A certificate from another CA (another cluster, another user) is refused too.
+    let other = testkit::etcd::Tls::generate(&c.dir.0, "192.0.2.11".parse().unwrap());
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut foreign = ca.clone();
+    foreign.extend([
+        "--cert".into(),
+        path(&other.client_cert),
+        "--key".into(),
+        path(&other.client_key),
+    ]);
+    let out = etcdctl("https://192.0.2.11:2379", &foreign);
+    assert!(
+        !out.status.success(),
+        "another CA's certificate: {}",
+        stdout(&out)
+    );
+    let mut ours = ca;
+    ours.extend([
+        "--cert".into(),
+        file("etcd-client.pem"),
+        "--key".into(),
+        file("etcd-client-key.pem"),
+    ]);
+    let out = etcdctl("https://192.0.2.11:2379", &ours);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).lines().filter(|l| !l.is_empty()).count(),
+        3,
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
     let mut c = Cluster::new(3);
     c.launch(0, 1, "controller", &["--uplink", "slirp4netns"]);
     let controller = c.wait_ready(1);
-    assert_eq!(controller["etcd"], "http://192.0.2.11:2379");
+    assert_eq!(controller["etcd"], "https://192.0.2.11:2379");
     c.launch(1, 2, "node", &["--uplink", "pasta"]);
     c.launch(2, 3, "node", &["--uplink", "slirp4netns"]);
     c.wait_ready(2);
@@ -158,6 +227,7 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
         "bubble 2's socket holds the port"
     );
     assert_narrow_modes(&c, &[1, 2, 3]);
+    etcd_serves_only_the_cluster(&c);
 
     // The outside world, through the bubbles' NAT.
     // (The echo server never closes: busybox nc is ended once the answer is in.)
@@ -192,6 +262,10 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
     assert_eq!(c.bubble_processes(), Vec::<String>::new());
     for id in 1..=3 {
         assert!(!c.shared.join(format!("bubble-{id}.json")).exists());
+        assert!(
+            !c.shared.join("pki").exists(),
+            "the controller takes its PKI along"
+        );
         assert!(!c.state_dir(id).exists());
         assert!(c.shared.join(format!("bubble-{id}-netd.log")).exists());
     }
@@ -217,10 +291,21 @@ fn node_first_then_controller_then_a_killed_node_is_replaced() {
     // The nodes wait; nothing is ready before the controller.
     std::thread::sleep(Duration::from_millis(500));
     assert!(c.launcher(2).alive() && !c.shared.join("bubble-2.json").exists());
-    c.launch_with(0, 1, "controller", &["--uplink", "pasta"], &ttl);
+    // Plain HTTP, when asked for: the nodes follow the controller's record.
+    c.launch_with(
+        0,
+        1,
+        "controller",
+        &["--uplink", "pasta", "--etcd-plain-http"],
+        &ttl,
+    );
     for id in 1..=3 {
         c.wait_ready(id);
     }
+    let controller: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.shared.join("bubble-1.json")).unwrap()).unwrap();
+    assert_eq!(controller["etcd"], "http://192.0.2.11:2379");
+    assert!(!c.shared.join("pki").exists());
     let a3 = c.container(3, "c3", &["httpd", "-f", "-p", "8080", "-h", "/"]);
     let a1 = c.container(1, "c1", &[]);
     let out = c.in_container(

@@ -8,17 +8,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::pki::ClientFiles;
+
 pub struct K3sPlan {
     pub host_ip: Ipv4Addr,
     pub port: u16,
     pub etcd_url: String,
+    /// The cluster's etcd client certificate (None: plain HTTP).
+    pub etcd_tls: Option<ClientFiles>,
     pub data_dir: PathBuf,
     /// Where K3s writes its kubeconfig (node-local, 127.0.0.1).
     pub local_kubeconfig: PathBuf,
 }
 
 pub fn args(p: &K3sPlan) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "server".into(),
         "--flannel-backend=none".into(),
         "--disable-network-policy".into(),
@@ -31,7 +35,15 @@ pub fn args(p: &K3sPlan) -> Vec<String> {
         format!("--tls-san={}", p.host_ip),
         format!("--write-kubeconfig={}", p.local_kubeconfig.display()),
         "--write-kubeconfig-mode=0600".into(),
-    ]
+    ];
+    if let Some(t) = &p.etcd_tls {
+        args.extend([
+            format!("--datastore-cafile={}", t.ca.display()),
+            format!("--datastore-certfile={}", t.cert.display()),
+            format!("--datastore-keyfile={}", t.key.display()),
+        ]);
+    }
+    args
 }
 
 /// The kubeconfig K3s wrote, with its server moved from loopback to the host's address.
@@ -69,7 +81,8 @@ mod tests {
         K3sPlan {
             host_ip: "192.0.2.11".parse().unwrap(),
             port: 6443,
-            etcd_url: "http://127.0.0.1:2379".into(),
+            etcd_url: "https://127.0.0.1:2379".into(),
+            etcd_tls: Some(ClientFiles::in_dir(Path::new("/shared/pki"))),
             data_dir: "/run/hpktainer/k3s".into(),
             local_kubeconfig: "/run/hpktainer/k3s/kubeconfig.yaml".into(),
         }
@@ -81,10 +94,12 @@ mod tests {
             args(&plan()).join(" "),
             "server --flannel-backend=none --disable-network-policy \
              --disable=traefik,servicelb,metrics-server \
-             --datastore-endpoint=http://127.0.0.1:2379 --data-dir=/run/hpktainer/k3s \
+             --datastore-endpoint=https://127.0.0.1:2379 --data-dir=/run/hpktainer/k3s \
              --https-listen-port=6443 --advertise-address=192.0.2.11 --node-ip=192.0.2.11 \
              --tls-san=192.0.2.11 --write-kubeconfig=/run/hpktainer/k3s/kubeconfig.yaml \
-             --write-kubeconfig-mode=0600"
+             --write-kubeconfig-mode=0600 --datastore-cafile=/shared/pki/etcd-ca.pem \
+             --datastore-certfile=/shared/pki/etcd-client.pem \
+             --datastore-keyfile=/shared/pki/etcd-client-key.pem"
         );
     }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::child::wait_for;
 use crate::cli::{InitArgs, Role, UnderlayKind};
+use crate::pki::{ClientFiles, ServerFiles};
 use crate::record::SharedDir;
 use crate::signals::Signals;
 use crate::uplink::TAP;
@@ -41,6 +42,10 @@ pub struct Plan {
     pub network_config: String,
     /// The etcd hpk-netd's agent uses.
     pub etcd_url: String,
+    /// What a client of that etcd presents (None: plain HTTP).
+    pub etcd_client_tls: Option<ClientFiles>,
+    /// The controller's etcd's certificate (None: plain HTTP).
+    pub etcd_server_tls: Option<ServerFiles>,
     pub shared_dir: PathBuf,
     pub state_dir: PathBuf,
     pub ready_fifo: PathBuf,
@@ -149,13 +154,23 @@ fn bring_up(plan: &Plan, services: &mut Services, signals: &mut Signals) -> Resu
     if plan.role == Role::Controller {
         let etcd = plan.etcd.clone().context("no etcd binary in the plan")?;
         let (data, host_ip, port) = (plan.state_dir.join("etcd"), plan.host_ip, plan.etcd_port);
+        let tls = plan
+            .etcd_client_tls
+            .clone()
+            .zip(plan.etcd_server_tls.clone());
         services.start(Spec::new("etcd", log("etcd"), move || {
-            etcd::command(&etcd, &data, host_ip, port)
+            etcd::command(
+                &etcd,
+                &data,
+                host_ip,
+                port,
+                tls.as_ref().map(|(c, s)| (c, s)),
+            )
         }))?;
-        let url = format!("http://127.0.0.1:{}", plan.etcd_port);
+        let tls = plan.etcd_client_tls.as_ref();
         let written = wait_for("etcd to answer", "", Duration::from_secs(60), || {
             services.check_alive("etcd")?;
-            Ok(etcd::configure(&url, &config_key(), &plan.network_config).ok())
+            Ok(etcd::configure(&plan.etcd_url, tls, &config_key(), &plan.network_config).ok())
         })?;
         tracing::info!(written, "network config in etcd");
     }

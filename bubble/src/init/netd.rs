@@ -35,6 +35,14 @@ pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
         .args(["--socket-mode", "0600"])
         .arg("--net-daemon")
         .arg(net_daemon);
+    if let Some(t) = &plan.etcd_client_tls {
+        cmd.arg("--etcd-ca-file")
+            .arg(&t.ca)
+            .arg("--etcd-cert-file")
+            .arg(&t.cert)
+            .arg("--etcd-key-file")
+            .arg(&t.key);
+    }
     match plan.underlay {
         UnderlayKind::HostSocket => cmd
             .arg("--underlay-socket")

@@ -49,7 +49,8 @@ pub fn k3s_plan(plan: &Plan) -> K3sPlan {
     K3sPlan {
         host_ip: plan.host_ip,
         port: plan.k3s_port,
-        etcd_url: format!("http://127.0.0.1:{}", plan.etcd_port),
+        etcd_url: plan.etcd_url.clone(),
+        etcd_tls: plan.etcd_client_tls.clone(),
         local_kubeconfig: dir.join("kubeconfig.yaml"),
         data_dir: dir,
     }

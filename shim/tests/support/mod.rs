@@ -320,7 +320,7 @@ fn is_zombie(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rfind(')')
         .and_then(|i| stat.get(i + 2..i + 3))
-        .map_or(true, |s| s == "Z")
+        .is_none_or(|s| s == "Z")
 }
 
 pub fn stdout(out: &Output) -> String {

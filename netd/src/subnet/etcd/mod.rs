@@ -8,6 +8,7 @@ pub(crate) mod lease_manager;
 pub mod masq;
 pub mod netconfig;
 pub(crate) mod registry;
+pub mod tls;
 pub mod vxlan;
 pub(crate) mod vxlan_network;
 

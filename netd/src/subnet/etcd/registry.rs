@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
     WatchStream,
@@ -37,17 +37,8 @@ async fn connect(cfg: &AgentConfig) -> Result<Client> {
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
     if let Some(ca) = &cfg.ca_file {
-        let ca = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        let mut tls =
-            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
-        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
-            let key =
-                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
-            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-        }
-        opts = opts.with_tls(tls);
+        let identity = cfg.cert_file.as_deref().zip(cfg.key_file.as_deref());
+        opts = opts.with_tls(super::tls::options(ca, identity)?);
     }
     let mut client = Client::connect(&cfg.endpoints, Some(opts)).await?;
     // The channel connects lazily: ask something to know that etcd answers.

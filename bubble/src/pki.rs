@@ -1,0 +1,204 @@
+//! The cluster's etcd PKI, made by the controller's launcher at start-up: a CA for this
+//! cluster only, a server certificate for the controller's etcd, and one client
+//! certificate that every bubble's hpk-netd (and K3s) presents. etcd then serves only
+//! clients holding it (`--client-cert-auth`): another user who can reach the host can
+//! neither read nor rewrite the cluster's leases and routes.
+//!
+//! The CA's key is never written: once start-up is done nothing can sign another
+//! certificate. The CA and client files go to the shared directory (nodes read them),
+//! the server's to the controller's state directory; all are 0600 in 0700 directories.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+
+use hpk_netd::sys::fs::{private_dir, write_atomically};
+
+/// A cluster lives as long as its job; a year covers any allocation.
+const VALIDITY: time::Duration = time::Duration::days(365);
+
+/// What a client of the cluster's etcd presents, and the CA it trusts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClientFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The controller's etcd's own certificate and key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClientFiles {
+    /// Where the controller puts them in the shared directory `dir`.
+    pub fn in_dir(dir: &Path) -> ClientFiles {
+        ClientFiles {
+            ca: dir.join("etcd-ca.pem"),
+            cert: dir.join("etcd-client.pem"),
+            key: dir.join("etcd-client-key.pem"),
+        }
+    }
+
+    /// The files a node needs, with what to do when one is missing.
+    pub fn check(&self) -> Result<()> {
+        for path in [&self.ca, &self.cert, &self.key] {
+            std::fs::File::open(path).with_context(|| {
+                format!(
+                    "cannot read {}: the controller bubble writes it when it starts, in the shared directory every bubble of the cluster must use (--shared-dir, HPK_SHARED_DIR)",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes a CA and the server and client certificates; the server's names `host_ip` and
+/// loopback (the bubble's own services reach etcd there).
+pub fn create(
+    client_dir: &Path,
+    server_dir: &Path,
+    host_ip: Ipv4Addr,
+) -> Result<(ClientFiles, ServerFiles)> {
+    let ca = certified_ca().context("cannot make the cluster's CA")?;
+    let server_key = KeyPair::generate()?;
+    let server = leaf(
+        "hpk etcd",
+        vec![
+            SanType::IpAddress(IpAddr::V4(host_ip)),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::DnsName("localhost".try_into()?),
+        ],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?
+    .signed_by(&server_key, &ca)
+    .context("cannot sign etcd's server certificate")?;
+    let client_key = KeyPair::generate()?;
+    let client = leaf("hpk-netd", vec![], ExtendedKeyUsagePurpose::ClientAuth)?
+        .signed_by(&client_key, &ca)
+        .context("cannot sign the client certificate")?;
+
+    private_dir(client_dir)?;
+    private_dir(server_dir)?;
+    let files = ClientFiles::in_dir(client_dir);
+    let server_files = ServerFiles {
+        cert: server_dir.join("etcd-server.pem"),
+        key: server_dir.join("etcd-server-key.pem"),
+    };
+    for (path, pem) in [
+        (&files.ca, ca.pem()),
+        (&files.cert, client.pem()),
+        (&files.key, client_key.serialize_pem()),
+        (&server_files.cert, server.pem()),
+        (&server_files.key, server_key.serialize_pem()),
+    ] {
+        write_atomically(path, pem.as_bytes(), 0o600, true)?;
+    }
+    Ok((files, server_files))
+}
+
+fn certified_ca() -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "hpktainer cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params);
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
+fn leaf(
+    name: &str,
+    names: Vec<SanType>,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.subject_alt_names = names;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params);
+    Ok(params)
+}
+
+/// From an hour ago (clocks of a cluster's nodes differ a little) for [`VALIDITY`].
+fn validity(params: &mut CertificateParams) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + VALIDITY;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// openssl, independently: the chain verifies for each purpose, the server names
+    /// the host, and every file is its owner's alone.
+    #[test]
+    fn certificates_verify_and_files_are_private() {
+        let dir = std::env::temp_dir().join(format!("hpk-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client, server) = create(
+            &dir.join("shared"),
+            &dir.join("state"),
+            "192.0.2.11".parse().unwrap(),
+        )
+        .unwrap();
+        let verify = |purpose: &str, cert: &Path| {
+            let out = std::process::Command::new("openssl")
+                .args(["verify", "-purpose", purpose, "-CAfile"])
+                .arg(&client.ca)
+                .arg(cert)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        assert!(verify("sslserver", &server.cert).0);
+        assert!(verify("sslclient", &client.cert).0);
+        // Each is good for its own job only.
+        assert!(!verify("sslserver", &client.cert).0);
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&server.cert)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("IP Address:192.0.2.11"), "{text}");
+        assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+        for path in [
+            &client.ca,
+            &client.cert,
+            &client.key,
+            &server.cert,
+            &server.key,
+        ] {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        for d in ["shared", "state"] {
+            let mode = std::fs::metadata(dir.join(d)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.join("shared")).unwrap().count(),
+            3,
+            "no CA key"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
