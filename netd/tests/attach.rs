@@ -580,3 +580,81 @@ fn a_container_cannot_take_over_its_neighbours_address() {
         "the neighbour lost its traffic: {reached} of 3 pings reached it"
     );
 }
+
+/// Records and address claims damaged while hpk-netd was away (a crash mid-write, a full
+/// disk, a hand edit) are reported and never acted on: no link named by a bad record is
+/// deleted, an address whose container may still run is not handed out again, and what a
+/// gone container left is reclaimed.
+#[test]
+fn damaged_records_are_reported_and_never_trusted() {
+    let mut s = Site::flannel("10.244.3.1/24");
+    let c1 = s.host.runc.run("k1", &s.host.bundle).unwrap();
+    let c2 = s.host.runc.run("k2", &s.host.bundle).unwrap();
+    let c3 = s.host.runc.run("k3", &s.host.bundle).unwrap();
+    let (a1, a2, a3) = (
+        s.host.address_of("k1"),
+        s.host.address_of("k2"),
+        s.host.address_of("k3"),
+    );
+    let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGKILL);
+    assert_eq!(code, None);
+    let state = s.host.dir.join("state");
+    let records = state.join("endpoints");
+    // k1's record cut short; k2's names the bridge as its own link.
+    let k1 = std::fs::read(records.join("k1.json")).unwrap();
+    std::fs::write(records.join("k1.json"), &k1[..k1.len() / 2]).unwrap();
+    let mut k2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(records.join("k2.json")).unwrap()).unwrap();
+    let bridge = k2["spec"]["bridge"].as_str().unwrap().to_owned();
+    k2["spec"]["bubble_tap"] = bridge.clone().into();
+    std::fs::write(records.join("k2.json"), k2.to_string()).unwrap();
+    // A record of a container long gone, garbage; a claim with garbage for an owner; the
+    // allocator's cursor garbled.
+    std::fs::write(records.join("gone.json"), b"\0\0{\"spec\":").unwrap();
+    let ipam = state.join("ipam/10.244.3.0-24");
+    std::fs::write(ipam.join("10.244.3.200"), b"\xff\xfe\0").unwrap();
+    std::fs::write(ipam.join("last"), b"10.244.3.999\n").unwrap();
+
+    s.host.start_netd(&[]);
+    let log = s.host.netd().log();
+    for id in ["k1", "k2", "gone"] {
+        assert!(
+            log.contains(&format!("{id}.json")) && log.contains("unreadable endpoint record"),
+            "{id} not reported: {log}"
+        );
+    }
+    let status = s.host.netd().status();
+    let ids: Vec<_> = status.endpoints.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["k3"], "only the sound record is adopted");
+    assert!(
+        s.host.ns.links().contains(&bridge),
+        "a bad record's link was acted on"
+    );
+    assert!(
+        !records.join("gone.json").exists(),
+        "a gone container's record is kept"
+    );
+    assert!(
+        !ipam.join("10.244.3.200").exists(),
+        "a garbage claim is kept"
+    );
+    // k1 and k2 still run on their veths: their addresses stay theirs.
+    assert!(c3.ping(&a1.to_string()) && c3.ping(&a2.to_string()));
+    let c4 = s.host.runc.run("k4", &s.host.bundle).unwrap();
+    let a4 = s.host.address_of("k4");
+    assert!(![a1, a2, a3].contains(&a4), "{a4} handed out twice");
+    assert!(c4.ping(&a3.to_string()));
+    // Their containers stop: poststop detaches what the bad records left.
+    c1.stop();
+    c2.stop();
+    for (id, addr) in [("k1", a1), ("k2", a2)] {
+        assert!(
+            !records.join(format!("{id}.json")).exists(),
+            "{id}'s record left"
+        );
+        assert!(!ipam.join(addr.to_string()).exists(), "{id}'s address left");
+    }
+    c3.stop();
+    c4.stop();
+    s.host.netd().assert_empty(&s.host.ns, &[]);
+}

@@ -155,8 +155,9 @@ impl Ipam {
             .ok()
     }
 
+    /// Who holds `addr`; a garbled claim reads as garbage (lossily), never as an error.
     fn owner(&self, addr: Ipv4Addr) -> Option<String> {
-        fs::read_to_string(self.dir.join(addr.to_string())).ok()
+        read_owner(&self.dir.join(addr.to_string()))
     }
 
     /// Releases `addr` if `owner` holds it.
@@ -170,6 +171,15 @@ impl Ipam {
         Ok(())
     }
 
+    /// Releases every address `owner` holds.
+    pub fn release_owner(&self, owner: &str) {
+        for (addr, o) in self.in_use() {
+            if o == owner {
+                let _ = self.release(addr, owner);
+            }
+        }
+    }
+
     /// Releases `addr` of `owner` in another subnet's store (left from before the
     /// bubble's subnet changed).
     pub fn release_in(&self, subnet: Ipv4Net, addr: Ipv4Addr, owner: &str) {
@@ -179,7 +189,7 @@ impl Ipam {
         let file = root
             .join(format!("{}-{}", subnet.network(), subnet.prefix_len()))
             .join(addr.to_string());
-        if fs::read_to_string(&file).is_ok_and(|o| o == owner) {
+        if read_owner(&file).is_some_and(|o| o == owner) {
             let _ = fs::remove_file(file);
         }
     }
@@ -193,10 +203,16 @@ impl Ipam {
             .filter_map(|e| {
                 let e = e.ok()?;
                 let addr: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
-                Some((addr, fs::read_to_string(e.path()).unwrap_or_default()))
+                Some((addr, read_owner(&e.path()).unwrap_or_default()))
             })
             .collect()
     }
+}
+
+fn read_owner(path: &std::path::Path) -> Option<String> {
+    fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
+use super::bubble_tap_name;
 use super::build;
 use super::store::Record;
 use super::table::Endpoints;
@@ -18,7 +19,8 @@ impl Endpoints {
         let svc = self.clone();
         let kept = tokio::task::spawn_blocking(move || -> Vec<Record> {
             let mut kept = Vec::new();
-            for mut record in svc.store.load_all() {
+            let loaded = svc.store.load_all();
+            for mut record in loaded.records {
                 let id = record.spec.id().to_owned();
                 let container = ProcId {
                     pid: record.spec.pid,
@@ -71,8 +73,22 @@ impl Endpoints {
                 }
                 kept.push(record);
             }
-            let owners: HashSet<_> =
-                kept.iter().map(|r| r.spec.id().to_owned()).collect();
+            // An unreadable record's container may still use its address: keep it, as
+            // long as the endpoint's link (named after its id) says the container lives.
+            let mut reserved = Vec::new();
+            for id in loaded.unreadable {
+                if build::bubble_link_exists(&bubble_tap_name(&id)) {
+                    reserved.push(id);
+                } else {
+                    info!(id, "an unreadable record's link is gone with its container; forgetting it");
+                    svc.store.remove(&id);
+                }
+            }
+            let owners: HashSet<_> = kept
+                .iter()
+                .map(|r| r.spec.id().to_owned())
+                .chain(reserved)
+                .collect();
             for (addr, owner) in svc.ipam.in_use() {
                 if !owners.contains(&owner) {
                     info!(%addr, owner, "freeing an address no endpoint holds");

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -54,6 +54,11 @@ impl Store {
         self.dir.join(format!("{id}.log"))
     }
 
+    /// Whether a record file of `id` exists, readable or not.
+    pub fn has(&self, id: &str) -> bool {
+        self.path(id).exists()
+    }
+
     pub fn save(&self, record: &Record) -> Result<()> {
         let data = serde_json::to_vec_pretty(record)?;
         write_atomically(&self.path(record.spec.id()), &data, 0o600, false)
@@ -70,22 +75,63 @@ impl Store {
         }
     }
 
-    /// Every readable record; unreadable ones are logged and skipped.
-    pub fn load_all(&self) -> Vec<Record> {
+    /// Every record that reads back whole and consistent. The others (truncated,
+    /// garbled, or naming another endpoint's link) are reported and never acted on.
+    pub fn load_all(&self) -> Loaded {
+        let mut loaded = Loaded::default();
         let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
+            return loaded;
         };
-        entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| match fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
-                Ok(r) => Some(r),
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            match fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice::<Record>(&b)?))
+                .and_then(|r| r.consistent_with(id).map(|()| r))
+            {
+                Ok(r) => loaded.records.push(r),
                 Err(e) => {
-                    warn!(path = %p.display(), error = %e, "ignoring unreadable endpoint record");
-                    None
+                    warn!(path = %path.display(), error = %format!("{e:#}"), "unreadable endpoint record: not adopted, its address stays reserved until its container stops (its poststop hook detaches it)");
+                    loaded.unreadable.push(id.to_owned());
                 }
-            })
-            .collect()
+            }
+        }
+        loaded
+    }
+}
+
+/// What a restarted hpk-netd finds on disk.
+#[derive(Default)]
+pub struct Loaded {
+    pub records: Vec<Record>,
+    /// Ids whose record could not be trusted.
+    pub unreadable: Vec<String>,
+}
+
+impl Record {
+    /// A record is acted on (links deleted, processes signalled) only when it is the one
+    /// its file name says and names that endpoint's own link.
+    fn consistent_with(&self, file_id: &str) -> Result<()> {
+        let id = self.spec.id();
+        crate::endpoint::validate_id(id)?;
+        if id != file_id {
+            bail!("it holds endpoint {id:?}");
+        }
+        if self.spec.attachment.bubble_tap != crate::endpoint::bubble_tap_name(id) {
+            bail!(
+                "it names link {:?}, not this endpoint's",
+                self.spec.attachment.bubble_tap
+            );
+        }
+        if self.spec.pid <= 0 || self.processes().any(|p| p.pid <= 0) {
+            bail!("it names no valid process");
+        }
+        Ok(())
     }
 }

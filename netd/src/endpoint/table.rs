@@ -334,7 +334,11 @@ impl Endpoints {
     ) -> Result<Option<Result<(Record, watch::Sender<bool>), watch::Receiver<bool>>>> {
         let mut slots = self.slots.lock().unwrap();
         match slots.get(id) {
-            None => Ok(None),
+            None => {
+                // Under the lock: no attach of `id` can start meanwhile.
+                self.forget_leftovers(id);
+                Ok(None)
+            }
             Some(Slot::Busy) => {
                 bail!("container {id} is being attached right now; retry the detach")
             }
@@ -375,6 +379,25 @@ impl Endpoints {
             warn!(id = att.id, error = %e, "address release");
         }
         self.store.remove(&att.id);
+    }
+
+    /// What an endpoint out of service left: an unreadable record (not adopted at
+    /// start-up, its address kept reserved) goes with its container's detach.
+    fn forget_leftovers(&self, id: &str) {
+        if !self.store.has(id) {
+            return;
+        }
+        warn!(
+            id,
+            "detaching an endpoint known only by an unreadable record"
+        );
+        let link = bubble_tap_name(id);
+        if let Err(e) = build::remove_bubble_link(&link) {
+            warn!(id, error = %format!("{e:#}"), "cannot remove the bubble-side link");
+        }
+        self.unguard(&link);
+        self.ipam.release_owner(id);
+        self.store.remove(id);
     }
 
     /// Takes `id` out of service and tears it down in the background: the kernel needs
