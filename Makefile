@@ -11,7 +11,7 @@ VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 PLATFORMS ?= linux/amd64,linux/arm64
 PUSH ?= 1
 
-.PHONY: help deps binaries images demo sim test lint bench clean
+.PHONY: help deps binaries images demo sim test lint bench fuzz clean
 
 help:
 	@echo "make deps      install build/test dependencies (Debian 12, as root)"
@@ -22,6 +22,7 @@ help:
 	@echo "make test      deps + every test (needs root: tests build namespaces)"
 	@echo "make lint      cargo fmt --check, clippy -D warnings, shellcheck"
 	@echo "make bench     benchmarks: figures next to a veth pair"
+	@echo "make fuzz      every parser of outside input fuzzed for FUZZ_SECS (60) seconds each"
 
 deps:
 	scripts/install-deps.sh
@@ -63,6 +64,14 @@ bench: binaries
 	scripts/bench/start.sh
 	scripts/bench/scale.sh
 	scripts/bench/bubbles.sh
+
+# Each target FUZZ_SECS seconds, optimised (the fuzz profile), one at a time.
+FUZZ_SECS ?= 60
+fuzz:
+	@mkdir -p target
+	set -o pipefail; HPK_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --profile fuzz --locked -p hpk-netd --lib fuzz:: \
+		-- --nocapture --test-threads=1 2>&1 | tee target/fuzz.log
+	@grep -o 'fuzz [a-z_]*: [0-9].*' target/fuzz.log
 
 clean:
 	$(CARGO) clean

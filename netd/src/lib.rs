@@ -30,3 +30,6 @@ pub mod endpoint;
 pub mod daemon;
 
 pub mod logging;
+
+#[cfg(test)]
+mod fuzz;

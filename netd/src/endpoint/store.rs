@@ -92,8 +92,7 @@ impl Store {
             };
             match fs::read(&path)
                 .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice::<Record>(&b)?))
-                .and_then(|r| r.consistent_with(id).map(|()| r))
+                .and_then(|b| Record::parse(id, &b))
             {
                 Ok(r) => loaded.records.push(r),
                 Err(e) => {
@@ -115,6 +114,13 @@ pub struct Loaded {
 }
 
 impl Record {
+    /// The record in file `ID.json`, if it is whole and consistent.
+    pub fn parse(file_id: &str, bytes: &[u8]) -> Result<Record> {
+        let record: Record = serde_json::from_slice(bytes)?;
+        record.consistent_with(file_id)?;
+        Ok(record)
+    }
+
     /// A record is acted on (links deleted, processes signalled) only when it is the one
     /// its file name says and names that endpoint's own link.
     fn consistent_with(&self, file_id: &str) -> Result<()> {

@@ -160,6 +160,11 @@ pub fn segment(
     prefix: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Datagrams, Unsendable> {
+    // A runt (a container can write any length to its tap) is nobody's frame; peers
+    // would drop it anyway.
+    if frame.len() < ETH_LEN {
+        return Err(Unsendable::Malformed);
+    }
     match hdr.gso_type & !GSO_ECN {
         GSO_NONE => {
             let start = out.len() + prefix.len();

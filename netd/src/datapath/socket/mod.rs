@@ -13,7 +13,7 @@
 //! reads the socket and writes whole frames to the tap. A bad stream ends only that
 //! connection: the server goes back to accepting, the client reconnects.
 
-mod negotiation;
+pub(crate) mod negotiation;
 mod pump;
 
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -33,7 +33,10 @@ pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<Ipv4Net> {
     let rest = key.strip_prefix(&subnets_prefix(prefix))?;
     let v4 = rest.split('&').next()?;
     let (addr, len) = v4.split_once('-')?;
-    Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
+    let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    // flanneld writes network addresses only; `10.244.2.5-24` or `10.244.2.0-2` is garbled
+    // (the second would route a quarter of the address space).
+    (net == net.trunc()).then_some(net)
 }
 
 /// A lease's value, fields in flanneld's order; `PublicIPv6` is written as `null`.
@@ -138,6 +141,10 @@ mod tests {
             ),
             Some("10.244.2.0/24".parse().unwrap())
         );
+        for garbled in ["10.244.2.5-24", "10.244.2.0-2"] {
+            let key = format!("/coreos.com/network/subnets/{garbled}");
+            assert_eq!(parse_subnet_key(DEFAULT_PREFIX, &key), None, "{key}");
+        }
         assert_eq!(
             parse_subnet_key(DEFAULT_PREFIX, "/coreos.com/network/config"),
             None

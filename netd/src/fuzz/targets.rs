@@ -1,0 +1,310 @@
+//! The fuzz targets: one per parser of outside input, each with its property.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::{run, Shape};
+use crate::datapath::framing::{encode_into, FrameReader, MIN_FRAME};
+use crate::datapath::socket::negotiation::{is_control, ACK, HELLO};
+use crate::endpoint::store::Record;
+use crate::subnet::etcd::lease::{self, Parsed};
+use crate::subnet::etcd::netconfig::NetworkConfig;
+use crate::subnet::SubnetEnv;
+use crate::sys::tap::{MAX_FRAME, VNET_HDR_LEN};
+use crate::underlay::gso::{self, Coalescer, VnetHdr};
+use crate::underlay::{checksum, header};
+
+/// A reader handing out its bytes in chunks of the sizes given, as a socket might.
+struct Chunked<'a> {
+    data: &'a [u8],
+    sizes: &'a [u8],
+    turn: usize,
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let size = self
+            .sizes
+            .get(self.turn % self.sizes.len().max(1))
+            .copied()
+            .unwrap_or(0);
+        self.turn += 1;
+        let n = (size as usize * 61 + 1).min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Socket mode, both framings: whatever a peer sends, frames come out whole and within
+/// the limits, re-encoding them gives back the stream's bytes, and a stream ends cleanly
+/// only on a frame boundary. Negotiation frames are recognised only whole.
+#[test]
+fn socket_framing() {
+    run("socket_framing", Shape::Bytes, |input| {
+        let (sizes, stream) = input.split_at(input.len().min(4));
+        let mut frames = 0;
+        for (min, max) in [
+            (MIN_FRAME, MAX_FRAME),
+            (VNET_HDR_LEN + MIN_FRAME, VNET_HDR_LEN + MAX_FRAME),
+        ] {
+            let mut reader = FrameReader::new(Chunked {
+                data: stream,
+                sizes,
+                turn: 0,
+            });
+            reader.set_limits(min, max);
+            let mut again = Vec::new();
+            let clean = loop {
+                match reader.next_frame() {
+                    Ok(Some(f)) => {
+                        assert!((min..=max).contains(&f.len()), "frame of {} bytes", f.len());
+                        if is_control(f, HELLO) || is_control(f, ACK) {
+                            assert!(f.len() >= 14 + ACK.len());
+                        }
+                        if min > MIN_FRAME {
+                            let mut h = [0u8; VnetHdr::LEN];
+                            h.copy_from_slice(&f[..VnetHdr::LEN]);
+                            let _ = VnetHdr::parse(&h);
+                        }
+                        encode_into(&mut again, f);
+                        frames += 1;
+                    }
+                    Ok(None) => break true,
+                    Err(_) => break false,
+                }
+            };
+            assert_eq!(
+                again[..],
+                stream[..again.len()],
+                "frames are the stream's bytes"
+            );
+            assert_eq!(
+                clean,
+                again.len() == stream.len(),
+                "clean end only at a boundary"
+            );
+        }
+        frames > 0
+    });
+}
+
+/// flannel's subnet.env: parsed or refused; what parses renders and parses the same.
+#[test]
+fn subnet_env() {
+    run("subnet_env", Shape::Bytes, |input| {
+        let text = String::from_utf8_lossy(input);
+        let Ok(env) = SubnetEnv::parse(&text, Path::new("subnet.env")) else {
+            return false;
+        };
+        assert!(env.network.contains(&env.subnet.network()));
+        let again = SubnetEnv::parse(&env.render(), Path::new("rendered")).unwrap();
+        assert_eq!(again, env);
+        true
+    });
+}
+
+/// flannel's network config in etcd: parsed or refused, never a panic.
+#[test]
+fn network_config() {
+    run("network_config", Shape::Json, |input| {
+        NetworkConfig::parse(&String::from_utf8_lossy(input)).is_ok()
+    });
+}
+
+/// Subnet keys and lease values under `subnets/`, written by any etcd client: a vxlan
+/// lease that parses names a MAC that formats back to what was written.
+#[test]
+fn lease() {
+    run("lease", Shape::Json, |input| {
+        let subnet = "10.244.3.0/24".parse().unwrap();
+        let parsed = lease::parse_lease(subnet, input);
+        if let Ok(Parsed::Vxlan(peer)) = &parsed {
+            let value = lease::lease_value(peer.public_ip, 1, peer.vtep_mac);
+            match lease::parse_lease(subnet, value.as_bytes()).unwrap() {
+                Parsed::Vxlan(again) => assert_eq!(again.vtep_mac, peer.vtep_mac),
+                other => panic!("our own lease reads as {other:?}"),
+            }
+        }
+        let key = String::from_utf8_lossy(input);
+        if let Some(net) = lease::parse_subnet_key(lease::DEFAULT_PREFIX, &key) {
+            assert_eq!(net, net.trunc(), "a subnet key names a network");
+        }
+        let _ = lease::parse_mac(&key);
+        parsed.is_ok()
+    });
+}
+
+/// The control socket's requests (any local user allowed to connect): parsed or refused;
+/// an id that passes validation is a safe file name.
+#[test]
+fn control_request() {
+    run("control_request", Shape::Json, |input| {
+        let request = serde_json::from_slice::<hpk_hook::proto::Request>(input);
+        if let Ok(hpk_hook::proto::Request::Attach(a)) = &request {
+            if crate::endpoint::validate_id(&a.id).is_ok() {
+                assert!(!a.id.contains('/') && a.id != "." && a.id != "..");
+                let _ = crate::endpoint::bubble_tap_name(&a.id);
+            }
+        }
+        request.is_ok()
+    });
+}
+
+/// The OCI state a runtime writes on the hook's stdin, and the annotations in it.
+#[test]
+fn oci_state() {
+    run("oci_state", Shape::Json, |input| {
+        let Ok(state) = hpk_hook::hook::read_state(input) else {
+            return false;
+        };
+        assert!(!state.id().is_empty());
+        if let Some(a) = state.annotations() {
+            let _ = hpk_hook::hook::wish(a);
+        }
+        true
+    });
+}
+
+/// A bundle's config.json, read by the hook when the state has no annotations.
+#[test]
+fn oci_config() {
+    run("oci_config", Shape::Json, |input| {
+        let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(input) else {
+            return false;
+        };
+        let _ = hpk_hook::hook::wish(&spec.annotations().clone().unwrap_or_default());
+        true
+    });
+}
+
+/// Endpoint records read back after a restart: one that parses is the endpoint its file
+/// names, with that endpoint's own link.
+#[test]
+fn endpoint_record() {
+    run("endpoint_record", Shape::Json, |input| {
+        let Ok(r) = Record::parse("c1", input) else {
+            return false;
+        };
+        assert_eq!(r.spec.id(), "c1");
+        assert_eq!(
+            r.spec.attachment.bubble_tap,
+            crate::endpoint::bubble_tap_name("c1")
+        );
+        true
+    });
+}
+
+/// Datagrams on the overlay's UDP port, from anyone on the network: decoded or dropped;
+/// the frames that pass are joined as GRO would, and every frame handed to the tap is
+/// whole: a header and a frame no longer than the tap takes, passed-through frames
+/// unchanged, joined ones marked TCPv4 GSO with their checksum start inside.
+#[test]
+fn vxlan_datagrams() {
+    run("vxlan_datagram", Shape::Bytes, |input| {
+        // The input: a byte saying whether to make the checksums right (so that mutated
+        // headers reach the joining logic), then datagrams with a 2-byte length each.
+        let Some((&fix, mut rest)) = input.split_first() else {
+            return false;
+        };
+        let mut datagrams = Vec::new();
+        while rest.len() >= 2 {
+            let n = (u16::from_be_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);
+            datagrams.push(&rest[2..2 + n]);
+            rest = &rest[2 + n..];
+        }
+        let mut pushed: Vec<Vec<u8>> = Vec::new();
+        let mut emitted: Vec<Vec<u8>> = Vec::new();
+        let mut gro = Coalescer::default();
+        for d in datagrams {
+            if let Ok(frame) = header::decode(d, 1) {
+                assert!(frame.len() >= 14 && frame.len() + header::LEN == d.len());
+                let mut frame = frame.to_vec();
+                if fix % 2 == 0 {
+                    fix_checksums(&mut frame);
+                }
+                gro.push(&frame, &mut |f| emitted.push(f.to_vec()));
+                pushed.push(frame);
+            }
+        }
+        gro.flush(&mut |f| emitted.push(f.to_vec()));
+        for f in &emitted {
+            assert!(f.len() >= VnetHdr::LEN + 14 && f.len() <= VnetHdr::LEN + MAX_FRAME);
+            let mut h = [0u8; VnetHdr::LEN];
+            h.copy_from_slice(&f[..VnetHdr::LEN]);
+            let hdr = VnetHdr::parse(&h);
+            let frame = &f[VnetHdr::LEN..];
+            if hdr.gso_type == gso::GSO_NONE {
+                // Whole, or without the Ethernet padding after its IP packet.
+                let ip_end = frame
+                    .get(16..18)
+                    .map(|l| 14 + usize::from(u16::from_be_bytes([l[0], l[1]])));
+                assert!(
+                    pushed.iter().any(|p| p[..] == *frame
+                        || (p.starts_with(frame) && ip_end == Some(frame.len()))),
+                    "a frame passed changed"
+                );
+            } else {
+                assert_eq!(hdr.gso_type & !gso::GSO_ECN, gso::GSO_TCPV4);
+                assert!((hdr.csum_start as usize) < frame.len());
+            }
+        }
+        let bytes = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>();
+        assert!(bytes(&emitted) <= bytes(&pushed) + emitted.len() * VnetHdr::LEN);
+        // Accepted: segments were joined.
+        emitted.len() < pushed.len()
+    });
+}
+
+/// Makes the IPv4 header and TCP checksums of an Ethernet frame right, where it has them.
+fn fix_checksums(f: &mut [u8]) {
+    const IP: usize = 14;
+    if f.len() < IP + 20 || f[12..14] != [0x08, 0x00] {
+        return;
+    }
+    let ihl = usize::from(f[IP] & 0x0f) * 4;
+    if ihl < 20 || f.len() < IP + ihl {
+        return;
+    }
+    f[IP + 10..IP + 12].fill(0);
+    let c = checksum::finish(checksum::add(0, &f[IP..IP + ihl]));
+    f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+    let tcp = IP + ihl;
+    let end = (IP + usize::from(u16::from_be_bytes([f[IP + 2], f[IP + 3]]))).min(f.len());
+    if f[IP + 9] != 6 || end < tcp + 20 {
+        return;
+    }
+    f[tcp + 16..tcp + 18].fill(0);
+    let pseudo = checksum::pseudo_header(&f[IP + 12..IP + 16], &f[IP + 16..IP + 20], 6, end - tcp);
+    let c = checksum::finish(checksum::add(pseudo, &f[tcp..end]));
+    f[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Frames a container writes into its tap with a virtio-net header (any header: the
+/// container is not trusted), cut into datagrams: refused, or laid out as announced.
+#[test]
+fn tso_frames() {
+    run("tso_frame", Shape::Bytes, |input| {
+        if input.len() < VnetHdr::LEN {
+            return false;
+        }
+        let mut h = [0u8; VnetHdr::LEN];
+        h.copy_from_slice(&input[..VnetHdr::LEN]);
+        let hdr = VnetHdr::parse(&h);
+        let frame = &input[VnetHdr::LEN..];
+        let prefix = header::encode(1);
+        let mut out = vec![0xaa; 3];
+        let Ok(d) = gso::segment(&hdr, frame, &prefix, &mut out) else {
+            return false;
+        };
+        let made = out.len() - 3;
+        assert!(d.count >= 1 && d.stride > prefix.len());
+        assert!(made > (d.count - 1) * d.stride && made <= d.count * d.stride);
+        assert_eq!(out[..3], [0xaa; 3], "what was in the buffer is kept");
+        for i in 0..d.count {
+            let at = 3 + i * d.stride;
+            assert_eq!(out[at..at + prefix.len()], prefix);
+        }
+        d.count > 1
+    });
+}
