@@ -11,7 +11,7 @@ VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 PLATFORMS ?= linux/amd64,linux/arm64
 PUSH ?= 1
 
-.PHONY: help deps binaries images demo sim test lint bench fuzz clean
+.PHONY: help deps binaries images demo sim test lint bench fuzz soak clean
 
 help:
 	@echo "make deps      install build/test dependencies (Debian 12, as root)"
@@ -23,6 +23,7 @@ help:
 	@echo "make lint      cargo fmt --check, clippy -D warnings, shellcheck"
 	@echo "make bench     benchmarks: figures next to a veth pair"
 	@echo "make fuzz      every parser of outside input fuzzed for FUZZ_SECS (60) seconds each"
+	@echo "make soak      SOAK_CYCLES (1000) container cycles, with hpk-netd and etcd killed meanwhile"
 
 deps:
 	scripts/install-deps.sh
@@ -72,6 +73,14 @@ fuzz:
 	set -o pipefail; HPK_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --profile fuzz --locked -p hpk-netd --lib fuzz:: \
 		-- --nocapture --test-threads=1 2>&1 | tee target/fuzz.log
 	@grep -o 'fuzz [a-z_]*: [0-9].*' target/fuzz.log
+
+# Churn under faults, long; `make test` runs the same tests short.
+SOAK_CYCLES ?= 1000
+soak:
+	@mkdir -p target
+	set -o pipefail; HPK_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --locked -p hpk-netd --test soak \
+		-- --nocapture --test-threads=1 2>&1 | tee target/soak.log
+	@grep -o 'soak [a-z ]*:.*' target/soak.log
 
 clean:
 	$(CARGO) clean

@@ -134,6 +134,13 @@ impl Etcd {
     }
 
     /// Stops etcd (SIGTERM), keeping its data.
+    /// Ends etcd at once, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.stop_with(nix::sys::signal::Signal::SIGTERM);

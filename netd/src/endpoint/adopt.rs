@@ -89,6 +89,7 @@ impl Endpoints {
                 .map(|r| r.spec.id().to_owned())
                 .chain(reserved)
                 .collect();
+            svc.store.sweep(&owners);
             for (addr, owner) in svc.ipam.in_use() {
                 if !owners.contains(&owner) {
                     info!(%addr, owner, "freeing an address no endpoint holds");

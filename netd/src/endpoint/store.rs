@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::endpoint::EndpointSpec;
 use crate::sys::fs::write_atomically;
@@ -71,6 +71,25 @@ impl Store {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     warn!(path = %path.display(), error = %e, "cannot remove endpoint file");
                 }
+            }
+        }
+    }
+
+    /// Removes the logs and sockets of endpoints not in `keep`: what an attach left when
+    /// hpk-netd died in its middle, before the record was written.
+    pub fn sweep(&self, keep: &std::collections::HashSet<String>) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let stray = path.extension().is_some_and(|x| x == "log" || x == "sock")
+                && path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .is_some_and(|id| !keep.contains(id));
+            if stray {
+                info!(path = %path.display(), "removing what an interrupted attach left");
+                let _ = fs::remove_file(&path);
             }
         }
     }
