@@ -370,8 +370,10 @@ fn a_flood_of_bad_connections_does_not_stop_attaches() {
             .unwrap()
             .count()
     };
-    let fds_before = fds();
     let (b, runc) = sleeper(&s.0, &ns, &netd);
+    // The first attach opens what hpk-netd keeps (its nft session): count after it.
+    runc.run("warm", &b).unwrap().stop();
+    let fds_before = fds();
     // Another user opens thousands of idle connections; root sends garbage, oversized
     // and half requests, in four threads.
     let mut idle = Command::new("setpriv")

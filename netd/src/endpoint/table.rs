@@ -58,6 +58,8 @@ pub struct Endpoints {
     pub(super) ipam: Ipam,
     pub(super) store: Store,
     pub(super) slots: Mutex<HashMap<String, Slot>>,
+    /// Where the anti-spoofing rules are changed.
+    nft: antispoof::Nft,
 }
 
 impl Endpoints {
@@ -67,6 +69,7 @@ impl Endpoints {
             ipam,
             store,
             slots: Mutex::new(HashMap::new()),
+            nft: antispoof::Nft::default(),
         })
     }
 
@@ -76,8 +79,7 @@ impl Endpoints {
         &self,
         spec: &EndpointSpec,
     ) -> Result<(Option<ProcId>, Option<ProcId>)> {
-        // The rules name the port, not its index: they go in while the port is built
-        // (an nft run takes as long as building a veth pair).
+        // The rules name the port, not its index: they go in while the port is built.
         let (started, guarded) = std::thread::scope(|scope| {
             let guard = scope.spawn(|| self.guard(spec));
             let started = self.build_data_path(spec);
@@ -113,18 +115,19 @@ impl Endpoints {
             return Ok(());
         }
         let att = &spec.attachment;
-        antispoof::run(&antispoof::guard_script(
-            &att.bubble_tap,
-            build::container_mac(att.address),
-            att.address,
-        ))
-        .with_context(|| format!("anti-spoofing rules of {}", spec.id()))
+        self.nft
+            .run(&antispoof::guard_script(
+                &att.bubble_tap,
+                build::container_mac(att.address),
+                att.address,
+            ))
+            .with_context(|| format!("anti-spoofing rules of {}", spec.id()))
     }
 
     /// Removes the port's rules; absent ones (never made, or a reset) are no error.
     fn unguard(&self, port: &str) {
         if self.settings.antispoof {
-            let _ = antispoof::run(&antispoof::unguard_script(port));
+            let _ = self.nft.run(&antispoof::unguard_script(port));
         }
     }
 
