@@ -95,14 +95,13 @@ fn daemons_on(sock: &std::path::Path, with: &str) -> Vec<i32> {
 /// Two containers on hpk-netd started with `flags`, whose endpoints are of `kind`.
 fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     let s = Site::flannel_with("10.244.3.1/24", flags);
-    let c1 = s.host.runc.run("c1", &s.host.bundle).expect("c1 starts");
-    let c2 = s.host.runc.run("c2", &s.host.bundle).expect("c2 starts");
+    // Ids of their own: runc's cgroups are named after the id, and these tests run at once.
+    let (id1, id2) = (format!("{kind}1"), format!("{kind}2"));
+    let c1 = s.host.runc.run(&id1, &s.host.bundle).expect("c1 starts");
+    let c2 = s.host.runc.run(&id2, &s.host.bundle).expect("c2 starts");
     assert_eq!(
         s.host.kinds(),
-        [
-            ("c1".to_owned(), kind.to_owned()),
-            ("c2".into(), kind.into())
-        ]
+        [(id1.clone(), kind.to_owned()), (id2.clone(), kind.into())]
     );
     // The container's interface is tap0 whatever its kind (a veth shows its peer).
     let link =
@@ -112,7 +111,7 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
         s.host.forwarders().len(),
         if kind == "veth" { 0 } else { 2 }
     );
-    let (a1, a2) = (s.host.address_of("c1"), s.host.address_of("c2"));
+    let (a1, a2) = (s.host.address_of(&id1), s.host.address_of(&id2));
     assert_ne!(a1, a2);
     let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
     assert!(subnet.contains(&a1) && subnet.contains(&a2));

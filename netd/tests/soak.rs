@@ -117,13 +117,21 @@ struct Tally {
 /// `per_stream` cycles in each of [`STREAMS`] threads: start a container (the kinds in
 /// turn), check it has its network, stop it. A start may be refused (hpk-netd away); a
 /// container that runs must have an address no other running container has.
-fn churn(runc: &Runc, bundles: &[PathBuf], per_stream: usize, tally: &Arc<Mutex<Tally>>) {
+/// Container ids are `TAG-STREAM-N`: runc names cgroups after ids, and tests run at once.
+fn churn(
+    tag: &str,
+    runc: &Runc,
+    bundles: &[PathBuf],
+    per_stream: usize,
+    tally: &Arc<Mutex<Tally>>,
+) {
     let streams: Vec<_> = (0..STREAMS)
         .map(|s| {
             let (runc, bundles, tally) = (runc.clone(), bundles.to_vec(), tally.clone());
+            let tag = tag.to_owned();
             std::thread::spawn(move || {
                 for i in 0..per_stream {
-                    let id = format!("soak-{s}-{i}");
+                    let id = format!("{tag}-{s}-{i}");
                     let c = match runc.run(&id, &bundles[(s + i) % bundles.len()]) {
                         Ok(c) => c,
                         Err(e) => {
@@ -163,7 +171,7 @@ fn churn_of_every_endpoint_kind_leaks_nothing() {
     let bundles = bundles(&s.scratch.0, &s.host.netd().socket);
     let tally = Arc::new(Mutex::new(Tally::default()));
     // One round first: what hpk-netd makes once (threads, the anti-spoofing table) is not a leak.
-    churn(&s.host.runc, &bundles, KINDS.len(), &tally);
+    churn("churn", &s.host.runc, &bundles, KINDS.len(), &tally);
     let warm = tally.lock().unwrap().started;
     let pid = s.host.netd().proc.child.id();
     let before = usage(pid);
@@ -173,7 +181,13 @@ fn churn_of_every_endpoint_kind_leaks_nothing() {
     // a step that levels off is the allocator settling.
     let mut rss = Vec::new();
     for _ in 0..4 {
-        churn(&s.host.runc, &bundles, n.div_ceil(4 * STREAMS), &tally);
+        churn(
+            "churn",
+            &s.host.runc,
+            &bundles,
+            n.div_ceil(4 * STREAMS),
+            &tally,
+        );
         rss.push(usage(pid).1);
     }
     let secs = started.elapsed().as_secs_f64();
@@ -231,7 +245,7 @@ fn churn_while_netd_is_killed_at_random_leaks_nothing() {
     let runc = s.host.runc.clone();
     let (b, t) = (bundles.clone(), tally.clone());
     let started = Instant::now();
-    let streams = std::thread::spawn(move || churn(&runc, &b, n.div_ceil(STREAMS), &t));
+    let streams = std::thread::spawn(move || churn("kills", &runc, &b, n.div_ceil(STREAMS), &t));
     let mut kills = 0;
     while !streams.is_finished() {
         std::thread::sleep(dice.ms(100, 900));

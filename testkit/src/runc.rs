@@ -112,15 +112,44 @@ impl Runc {
         cmd
     }
 
+    /// A copy of `bundle` for container `id` with a cgroup named after this runc's root
+    /// too: runc names cgroups after the id alone, and tests that run at once reuse ids
+    /// (one's delete removed the other's cgroup under it).
+    fn own_bundle(&self, id: &str, bundle: &Path) -> PathBuf {
+        let mut config: Value =
+            serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        let tag = self
+            .root
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        config["linux"]["cgroupsPath"] = json!(format!("/hpktest-{:08x}-{id}", tag >> 32));
+        let dir = self.root.with_file_name(format!("bundle-{id}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+
     /// `runc run -d`; on failure returns runc's stderr (where a hook's error shows).
     pub fn run(&self, id: &str, bundle: &Path) -> Result<Container, String> {
+        // Rootless runc makes no cgroups of its own here.
+        let bundle = match self.prefix.is_empty() {
+            true => self.own_bundle(id, bundle),
+            false => bundle.to_path_buf(),
+        };
         let err_path = self.root.with_file_name(format!("runc-{id}.err"));
         let err = fs::File::create(&err_path).unwrap();
         // The container inherits runc's stdio: never a pipe we would wait on.
         let status = self
             .cmd()
             .args(["run", "-d", "--bundle"])
-            .arg(bundle)
+            .arg(&bundle)
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
