@@ -613,6 +613,9 @@ fn damaged_records_are_reported_and_never_trusted() {
     let ipam = state.join("ipam/10.244.3.0-24");
     std::fs::write(ipam.join("10.244.3.200"), b"\xff\xfe\0").unwrap();
     std::fs::write(ipam.join("last"), b"10.244.3.999\n").unwrap();
+    // What an attach cut short leaves: a half-written record, a forwarder's log.
+    std::fs::write(records.join("k3.json.tmp"), b"{\"spec").unwrap();
+    std::fs::write(records.join("ghost.log"), b"starting\n").unwrap();
 
     s.host.start_netd(&[]);
     let log = s.host.netd().log();
@@ -637,6 +640,7 @@ fn damaged_records_are_reported_and_never_trusted() {
         !ipam.join("10.244.3.200").exists(),
         "a garbage claim is kept"
     );
+    assert!(!records.join("k3.json.tmp").exists() && !records.join("ghost.log").exists());
     // k1 and k2 still run on their veths: their addresses stay theirs.
     assert!(c3.ping(&a1.to_string()) && c3.ping(&a2.to_string()));
     let c4 = s.host.runc.run("k4", &s.host.bundle).unwrap();

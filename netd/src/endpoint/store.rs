@@ -75,18 +75,21 @@ impl Store {
         }
     }
 
-    /// Removes the logs and sockets of endpoints not in `keep`: what an attach left when
-    /// hpk-netd died in its middle, before the record was written.
+    /// Removes what an attach left when hpk-netd died in its middle: the logs and sockets
+    /// of endpoints not in `keep` (the record was never written), and half-written
+    /// records (nothing writes while hpk-netd starts).
     pub fn sweep(&self, keep: &std::collections::HashSet<String>) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
         for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-            let stray = path.extension().is_some_and(|x| x == "log" || x == "sock")
-                && path
-                    .file_stem()
+            let ext = path.extension().and_then(|x| x.to_str()).unwrap_or("");
+            let orphan = || {
+                path.file_stem()
                     .and_then(|s| s.to_str())
-                    .is_some_and(|id| !keep.contains(id));
+                    .is_some_and(|id| !keep.contains(id))
+            };
+            let stray = ext == "tmp" || ((ext == "log" || ext == "sock") && orphan());
             if stray {
                 info!(path = %path.display(), "removing what an interrupted attach left");
                 let _ = fs::remove_file(&path);
