@@ -228,7 +228,7 @@ impl Env {
         let others = || -> Vec<i32> {
             testkit::pids_in_netns(&self.bubble.path())
                 .into_iter()
-                .filter(|p| *p != netd_pid && !is_zombie(*p))
+                .filter(|p| *p != netd_pid && !is_zombie(*p) && !is_netd_nft(*p, netd_pid))
                 .collect()
         };
         // A runtime whose container was deleted under it exits on its own, shortly.
@@ -314,6 +314,17 @@ pub fn sleeping_under(marker: &str) -> bool {
             .and_then(|p| p.parse::<i32>().ok());
         stat.contains("(sleep)") && ppid.is_some_and(|p| shells.contains(&p))
     })
+}
+
+/// hpk-netd's own `nft -i` session, which lives as long as it does.
+fn is_netd_nft(pid: i32, netd: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ppid = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<i32>().ok());
+    stat.contains("(nft)") && ppid == Some(netd)
 }
 
 fn is_zombie(pid: i32) -> bool {
