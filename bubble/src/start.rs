@@ -64,36 +64,7 @@ pub fn run(args: StartArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_state_dir(args.id));
     let mut running = Running::new(node.shared.clone(), args.id, state_dir.clone())?;
-    let (etcd_url, etcd_client_tls, etcd_server_tls) = match controller_url {
-        Some(url) => {
-            // A node speaks what the controller serves.
-            let tls = url
-                .starts_with("https:")
-                .then(|| node.shared.etcd_client_files());
-            if let Some(files) = &tls {
-                files.check()?;
-            }
-            (url, tls, None)
-        }
-        None if args.etcd_plain_http => {
-            tracing::warn!(
-                "etcd serves plain HTTP: anyone who reaches {}:{} can rewrite the cluster's routes",
-                node.link.addr,
-                args.etcd_port
-            );
-            (format!("http://127.0.0.1:{}", args.etcd_port), None, None)
-        }
-        None => {
-            running.pki = Some(node.shared.pki_dir());
-            let (client, server) = pki::create(
-                &node.shared.pki_dir(),
-                &state_dir.join("pki"),
-                node.link.addr,
-            )?;
-            let url = format!("https://127.0.0.1:{}", args.etcd_port);
-            (url, Some(client), Some(server))
-        }
-    };
+    let etcd = etcd_access(&args, &node, controller_url, &mut running)?;
     let plan = Plan {
         id: args.id,
         role: args.role,
@@ -103,9 +74,9 @@ pub fn run(args: StartArgs) -> Result<()> {
         etcd_port: args.etcd_port,
         k3s_port: args.k3s_port,
         network_config: node.network_text.clone(),
-        etcd_url,
-        etcd_client_tls,
-        etcd_server_tls,
+        etcd_url: etcd.url,
+        etcd_client_tls: etcd.client,
+        etcd_server_tls: etcd.server,
         shared_dir: node.shared.path.clone(),
         state_dir: state_dir.clone(),
         ready_fifo: state_dir.join("ready.fifo"),
@@ -130,6 +101,64 @@ pub fn run(args: StartArgs) -> Result<()> {
         node.shared.path.display()
     );
     running.hold(&mut signals)
+}
+
+/// How this bubble's services reach etcd.
+struct EtcdAccess {
+    url: String,
+    client: Option<pki::ClientFiles>,
+    server: Option<pki::ServerFiles>,
+}
+
+/// A node speaks what the controller serves (its record's URL); the controller makes the
+/// cluster's PKI (removed with `running`) unless plain HTTP was asked for.
+fn etcd_access(
+    args: &StartArgs,
+    node: &Node,
+    controller_url: Option<String>,
+    running: &mut Running,
+) -> Result<EtcdAccess> {
+    let local = |scheme: &str| format!("{scheme}://127.0.0.1:{}", args.etcd_port);
+    Ok(match controller_url {
+        Some(url) => {
+            let client = url
+                .starts_with("https:")
+                .then(|| node.shared.etcd_client_files());
+            if let Some(files) = &client {
+                files.check()?;
+            }
+            EtcdAccess {
+                url,
+                client,
+                server: None,
+            }
+        }
+        None if args.etcd_plain_http => {
+            tracing::warn!(
+                "etcd serves plain HTTP: anyone who reaches {}:{} can rewrite the cluster's routes",
+                node.link.addr,
+                args.etcd_port
+            );
+            EtcdAccess {
+                url: local("http"),
+                client: None,
+                server: None,
+            }
+        }
+        None => {
+            running.pki = Some(node.shared.pki_dir());
+            let (client, server) = pki::create(
+                &node.shared.pki_dir(),
+                &running.state_dir.join("pki"),
+                node.link.addr,
+            )?;
+            EtcdAccess {
+                url: local("https"),
+                client: Some(client),
+                server: Some(server),
+            }
+        }
+    })
 }
 
 fn preflight(args: &StartArgs) -> Result<Node> {
