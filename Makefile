@@ -80,6 +80,8 @@ soak:
 	@mkdir -p target
 	set -o pipefail; HPK_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --locked -p hpk-netd --test soak \
 		-- --nocapture --test-threads=1 2>&1 | tee target/soak.log
+	set -o pipefail; HPK_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --locked -p hpktainer --test churn \
+		-- --nocapture 2>&1 | tee -a target/soak.log
 	@grep -o 'soak [a-z ]*:.*' target/soak.log
 
 clean:

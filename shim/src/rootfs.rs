@@ -102,8 +102,17 @@ pub fn remove_dir(dir: &ContainerDir) -> Result<()> {
             target.display()
         );
     }
-    std::fs::remove_dir_all(&dir.dir)
-        .with_context(|| format!("cannot remove {}", dir.dir.display()))
+    // Out of sight first: a concurrent sweep that took the lock of a directory half
+    // removed would make a fresh owner.lock in it and keep it forever.
+    let name = dir.dir.file_name().unwrap_or_default().to_string_lossy();
+    let gone = dir
+        .dir
+        .with_file_name(format!(".gone-{name}-{}", std::process::id()));
+    let target = match std::fs::rename(&dir.dir, &gone) {
+        Ok(()) => gone,
+        Err(_) => dir.dir.clone(),
+    };
+    std::fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))
 }
 
 fn is_mount_point(path: &Path) -> bool {

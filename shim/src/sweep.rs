@@ -186,11 +186,27 @@ pub fn remove(
     crate::rootfs::remove_dir(dir)
 }
 
+/// Whether `name` is a directory being made or removed (`.new-NAME-PID`,
+/// `.gone-NAME-PID`) by an hpktainer that still runs.
+fn maker_alive(name: &str) -> bool {
+    name.strip_prefix(".new-")
+        .or_else(|| name.strip_prefix(".gone-"))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Sweeps leftovers of dead runs; with `all`, also exited detached containers.
 pub fn sweep(containers: &Path, runtime_state: &Path, all: bool) -> Swept {
     let mut swept = Swept::default();
     for dir in state::list(containers) {
         let name = dir.name();
+        // A directory being made is not locked yet for a moment, and one being removed
+        // no longer is: the PID of the hpktainer doing it is in its name, and while that
+        // lives the directory is not ours to judge.
+        if maker_alive(&name) {
+            continue;
+        }
         // The lock is held for the whole sweep of one directory: two sweeps never race.
         let lock = match dir.lock_owner() {
             Ok(Some(lock)) => lock,
@@ -209,8 +225,8 @@ pub fn sweep(containers: &Path, runtime_state: &Path, all: bool) -> Swept {
             }
             Err(_) => continue,
         };
-        // Half-made directories (.new-*) and Apptainer bundles (.apptainer-*) whose
-        // hpktainer is gone.
+        // Half-made or half-removed directories (.new-*, .gone-*) and Apptainer bundles
+        // (.apptainer-*) whose hpktainer is gone.
         if name.starts_with('.') {
             debug!(dir = %dir.dir.display(), "removing a leftover directory");
             let _ = crate::rootfs::remove_dir(&dir);
