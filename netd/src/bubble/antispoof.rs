@@ -54,17 +54,20 @@ pub fn unguard_script(port: &str) -> String {
     format!("delete element {TABLE} ports {{ \"{port}\" }}\ndelete chain {TABLE} {port}\n")
 }
 
-/// Runs an nft script atomically (all of it or none).
-pub fn run(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+/// nft with `args`, its input and errors piped to us.
+fn spawn_nft(args: &[&str], stdout: Stdio) -> Result<Child> {
+    Command::new("nft")
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
-        .context(
-            "cannot run nft (install nftables, or turn anti-spoofing off: antispoof = false)",
-        )?;
+        .context("cannot run nft (install nftables, or turn anti-spoofing off: antispoof = false)")
+}
+
+/// Runs an nft script atomically (all of it or none).
+pub fn run(script: &str) -> Result<()> {
+    let mut child = spawn_nft(&["-f", "-"], Stdio::null())?;
     child
         .stdin
         .take()
@@ -131,15 +134,7 @@ impl Nft {
 
 impl Session {
     fn start() -> Result<Session> {
-        let mut child = Command::new("nft")
-            .arg("-i")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context(
-                "cannot run nft (install nftables, or turn anti-spoofing off: antispoof = false)",
-            )?;
+        let mut child = spawn_nft(&["-i"], Stdio::piped())?;
         let (stdin, stdout, stderr) = (
             child.stdin.take().expect("piped"),
             child.stdout.take().expect("piped"),
