@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Hook and container start-up benchmark, per endpoint kind (veth, tap): `runc run` of
-# busybox `true` with and without our hooks, the hook's own wall time (attach and detach),
+# Hook and container start-up benchmark, per endpoint kind (veth, tap, socket): start and
+# stop of a runc container and a whole `runc run` of busybox `true`, with and without our
+# hooks; the hook's own wall time (attach and detach),
 # and throughput/RTT between two runc containers in one bubble next to two namespaces
 # joined by veth on a bridge.
 # Figures only: nothing here passes or fails.
@@ -26,8 +27,8 @@ bubble=$p-b
 pids=()
 kinds=(veth tap socket)
 cleanup() {
-    for k in "${kinds[@]}"; do
-        for id in "${k}1" "${k}2"; do in_bubble runc --root "$dir/runc" delete --force "$id" >/dev/null 2>&1 || true; done
+    for id in $(in_bubble runc --root "$dir/runc" list -q 2>/dev/null); do
+        in_bubble runc --root "$dir/runc" delete --force "$id" >/dev/null 2>&1 || true
     done
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -65,6 +66,7 @@ make_bundle() { # NAME HOOKS(yes|no) ARGS-JSON [ENDPOINT-KIND]
     mv "$dir/$1/c.json" "$dir/$1/config.json"
 }
 make_bundle plain no '["true"]'
+make_bundle sleeper-plain no '["sleep","600"]'
 for k in "${kinds[@]}"; do
     make_bundle "hooked-$k" yes '["true"]' "$k"
     make_bundle "sleeper-$k" yes '["sleep","600"]' "$k"
@@ -72,20 +74,26 @@ done
 
 no_endpoints() { "$netd" status --socket "$dir/netd.sock" --json | jq -e '.endpoints == []' >/dev/null; }
 
-# 1. runc run of `true`, without hooks and with them for each kind, alternating. Every run
-# leaves work to the kernel after it returns (the container's network namespace and its
-# links are destroyed asynchronously; a poststop answers at once and the links go in the
-# background): let that settle before the next run, or it lands in the next run's time
-# (a veth run then looked faster than a run without hooks).
+# 1. Each round, without hooks and with them for each kind, alternating: the start of a
+# sleeping container (`runc run -d`: returns once it runs, so only createRuntime is in
+# it), its stop (`runc delete --force`: kill, wait, poststop), and a whole `runc run` of
+# `true`. Every run leaves work to the kernel after it returns (the container's network
+# namespace and its links are destroyed asynchronously; a poststop answers at once and the
+# links go in the background): let that settle before the next run, or it lands in the
+# next run's time (a veth run then looked faster than a run without hooks).
 settle() { wait_for "teardown" no_endpoints; sleep 0.25; }
-declare -A with attach detach
-without=()
+declare -A start stop whole attach detach
 for i in $(seq "$runs"); do
-    t=$(now_ns); in_bubble runc --root "$dir/runc" run --bundle "$dir/plain" "p$i" </dev/null >/dev/null; without+=("$(ms_since "$t")")
-    settle
-    for k in "${kinds[@]}"; do
-        t=$(now_ns); in_bubble runc --root "$dir/runc" run --bundle "$dir/hooked-$k" "$k$i" </dev/null >/dev/null
-        with[$k]+=" $(ms_since "$t")"
+    for k in plain "${kinds[@]}"; do
+        sleeper=sleeper-$k whole_bundle=hooked-$k
+        [ "$k" = plain ] && whole_bundle=plain
+        t=$(now_ns); in_bubble runc --root "$dir/runc" run -d --bundle "$dir/$sleeper" "s$k$i" </dev/null >/dev/null 2>&1
+        start[$k]+=" $(ms_since "$t")"
+        t=$(now_ns); in_bubble runc --root "$dir/runc" delete --force "s$k$i" >/dev/null
+        stop[$k]+=" $(ms_since "$t")"
+        settle
+        t=$(now_ns); in_bubble runc --root "$dir/runc" run --bundle "$dir/$whole_bundle" "w$k$i" </dev/null >/dev/null
+        whole[$k]+=" $(ms_since "$t")"
         settle
     done
 done
@@ -107,18 +115,22 @@ for i in $(seq "$runs"); do
 done
 
 printf '\nContainer start-up with hpk-hook (%s runs each, medians; kernel %s, %s cores)\n\n' "$runs" "$(uname -r)" "$(nproc)"
-base=$(median "${without[@]}")
-printf '%-10s %14s %14s %12s %16s %12s\n' kind "runc run ms" "added ms" "hook attach" "hook detach ms" "attached"
-printf '%-10s %14s %14s %12s %16s %12s\n' "no hooks" "$base" - - - -
+# shellcheck disable=SC2086  # word-split the accumulated figures
+base_start=$(median ${start[plain]}) base_stop=$(median ${stop[plain]}) base_whole=$(median ${whole[plain]})
+added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%+.2f", a-b}'; }
+printf '%-9s %10s %8s %10s %8s %10s %8s %12s %12s %9s\n' kind "start ms" added "stop ms" added "run ms" added \
+    "hook attach" "hook detach" attached
+printf '%-9s %10s %8s %10s %8s %10s %8s %12s %12s %9s\n' "no hooks" "$base_start" - "$base_stop" - "$base_whole" - - - -
 for k in "${kinds[@]}"; do
     # shellcheck disable=SC2086  # word-split the accumulated figures
-    w=$(median ${with[$k]}) a=$(median ${attach[$k]}) d=$(median ${detach[$k]})
-    # Sanity: every hooked run of this kind was attached and detached as this kind.
-    n=$(grep -cE "attached id=\"?${k}[0-9]+\"? .*kind=$k" "$dir/netd.log" || true)
-    printf '%-10s %14s %14s %12s %16s %12s\n' "$k" "$w" "$(awk -v a="$w" -v b="$base" 'BEGIN{printf "%.2f", a-b}')" "$a" "$d" "$n/$runs"
-    [ "$n" -ge "$runs" ] ||
-        echo "WARNING: hpk-netd attached $n of $runs $k runs as $k: the $k figures are not what they claim"
-    awk -v a="$w" -v b="$base" 'BEGIN{exit !(a - b < 0.5)}' &&
+    s=$(median ${start[$k]}) st=$(median ${stop[$k]}) w=$(median ${whole[$k]}) a=$(median ${attach[$k]}) d=$(median ${detach[$k]})
+    # Sanity: every hooked container of this kind was attached as this kind.
+    n=$(grep -cE "attached id=\"?[sw]${k}[0-9]+\"? .*kind=$k" "$dir/netd.log" || true)
+    printf '%-9s %10s %8s %10s %8s %10s %8s %12s %12s %9s\n' "$k" "$s" "$(added "$s" "$base_start")" \
+        "$st" "$(added "$st" "$base_stop")" "$w" "$(added "$w" "$base_whole")" "$a" "$d" "$n/$((2 * runs))"
+    [ "$n" -ge $((2 * runs)) ] ||
+        echo "WARNING: hpk-netd attached $n of $((2 * runs)) $k containers as $k: the $k figures are not what they claim"
+    awk -v a="$w" -v b="$base_whole" 'BEGIN{exit !(a - b < 0.5)}' &&
         echo "WARNING: the $k hooks add under 0.5 ms to a runc run: this run cannot see their cost (a busy machine?)"
 done
 # Standalone, each hook call also pays nsenter's start and the shell's timing around it.

@@ -7,12 +7,15 @@
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use thiserror::Error;
+
+/// Length of the `last` file: the longest address, padded, and a newline.
+const CURSOR_LEN: u64 = 16;
 
 #[derive(Debug, Error)]
 pub enum IpamError {
@@ -131,13 +134,7 @@ impl Ipam {
             .map_or(0, |i| i + 1);
         for addr in hosts[start..].iter().chain(&hosts[..start]) {
             if self.claim(*addr, owner)? {
-                let _ = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(self.dir.join("last"))
-                    .and_then(|mut f| f.write_all(addr.to_string().as_bytes()));
+                self.remember_last(*addr);
                 return Ok(*addr);
             }
         }
@@ -145,6 +142,25 @@ impl Ipam {
             subnet: self.subnet,
             in_use: self.in_use().len(),
         })
+    }
+
+    /// Remembers `addr` as the last handed out, overwriting the cursor in place: a
+    /// truncate-and-rewrite makes ext4 flush the file on close (`auto_da_alloc`), which
+    /// was 0.4 ms of every attach. A best effort: a lost cursor only restarts the search.
+    fn remember_last(&self, addr: Ipv4Addr) {
+        let _ = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.dir.join("last"))
+            .and_then(|f| {
+                f.write_all_at(format!("{addr:<15}\n").as_bytes(), 0)?;
+                if f.metadata()?.len() > CURSOR_LEN {
+                    f.set_len(CURSOR_LEN)?;
+                }
+                Ok(())
+            });
     }
 
     fn last_handed_out(&self) -> Option<Ipv4Addr> {
@@ -266,6 +282,31 @@ mod tests {
             a,
             "a released address came back at once"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cursor_is_overwritten_in_place() {
+        let dir = scratch("cursor");
+        let ipam = ipam(&dir, "10.244.3.0/24");
+        let cursor = ipam.dir.join("last");
+        // A long address, then shorter ones: no tail of the longer one may survive.
+        ipam.allocate("a", Some(Ipv4Addr::new(10, 244, 3, 200)))
+            .unwrap();
+        ipam.remember_last(Ipv4Addr::new(10, 244, 3, 200));
+        assert_eq!(
+            ipam.allocate("b", None).unwrap(),
+            Ipv4Addr::new(10, 244, 3, 201)
+        );
+        ipam.remember_last(Ipv4Addr::new(10, 244, 3, 9));
+        assert_eq!(ipam.last_handed_out(), Some(Ipv4Addr::new(10, 244, 3, 9)));
+        assert_eq!(fs::metadata(&cursor).unwrap().len(), CURSOR_LEN);
+        // A garbled cursor longer than a cursor is cut to size by the next allocation.
+        fs::write(&cursor, "x".repeat(40)).unwrap();
+        assert_eq!(ipam.last_handed_out(), None);
+        let c = ipam.allocate("c", None).unwrap();
+        assert_eq!(ipam.last_handed_out(), Some(c));
+        assert_eq!(fs::metadata(&cursor).unwrap().len(), CURSOR_LEN);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -56,15 +56,15 @@ fn address_inside(nl: &mut Netlink, index: u32, inner: &Attachment) -> Result<()
 fn configure_tap_inside(inner: &Attachment) -> Result<()> {
     let mut nl = Netlink::open()?;
     let index = nl.link_index(&inner.tap)?.context("interface vanished")?;
-    nl.set_link(
+    nl.bring_up(
+        &inner.tap,
         index,
         LinkChange {
             address: Some(container_mac(inner.address)),
+            mtu: Some(inner.mtu),
             ..LinkChange::default()
         },
-    )
-    .with_context(|| format!("cannot set the MAC of {}", inner.tap))?;
-    nl.configure(&inner.tap, inner.mtu, None)?;
+    )?;
     address_inside(&mut nl, index, inner)
 }
 
@@ -113,7 +113,7 @@ pub fn build_veth(spec: &EndpointSpec) -> Result<()> {
             spec.bridge
         )
     })?;
-    // Both ends are named, sized, addressed (MAC), bridged and up in this one request.
+    // Both ends are named, sized, addressed (MAC) and bridged in this one request.
     nl.create_veth(&VethPair {
         name: att.bubble_tap.clone(),
         master,
@@ -143,14 +143,7 @@ pub fn build_veth(spec: &EndpointSpec) -> Result<()> {
         .run(move || {
             let mut nl = Netlink::open()?;
             let index = nl.link_index(&inner.tap)?.context("interface vanished")?;
-            nl.set_link(
-                index,
-                LinkChange {
-                    up: true,
-                    ..LinkChange::default()
-                },
-            )
-            .with_context(|| format!("cannot bring {} up", inner.tap))?;
+            nl.bring_up(&inner.tap, index, LinkChange::default())?;
             address_inside(&mut nl, index, &inner)
         })
         .with_context(|| format!("container side of {} (in {netns})", spec.id()));

@@ -157,29 +157,28 @@ impl Netlink {
             })?),
             None => None,
         };
-        self.set_link(
+        self.bring_up(
+            name,
             index,
             LinkChange {
                 mtu: Some(mtu),
                 master,
-                up: false,
-                address: None,
-            },
-        )
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EINVAL) => {
-                anyhow!("MTU {mtu} is not valid for {name:?} (a tap takes 68 to 65521)")
-            }
-            _ => anyhow!("cannot set MTU/bridge of {name:?}: {e}"),
-        })?;
-        self.set_link(
-            index,
-            LinkChange {
-                up: true,
                 ..LinkChange::default()
             },
         )
-        .with_context(|| format!("cannot bring {name:?} up"))
+    }
+
+    /// Applies `change` to link `index` (called `name`) and brings it up, in one request
+    /// (the kernel sets address, MTU and bridge before the up state).
+    pub fn bring_up(&mut self, name: &str, index: u32, change: LinkChange) -> Result<()> {
+        let mtu = change.mtu;
+        self.set_link(index, LinkChange { up: true, ..change })
+            .map_err(|e| match (e.raw_os_error(), mtu) {
+                (Some(libc::EINVAL), Some(mtu)) => {
+                    anyhow!("MTU {mtu} is not valid for {name:?} (a tap takes 68 to 65521)")
+                }
+                _ => anyhow!("cannot configure {name:?} and bring it up: {e}"),
+            })
     }
 }
 
