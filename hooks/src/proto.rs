@@ -153,6 +153,9 @@ pub struct EndpointStatus {
     pub bubble_tap: String,
     /// The forwarder's PID; 0 for a veth (it has none).
     pub forwarder_pid: i32,
+    /// The forwarder is the bubble's hub, shared by its tap endpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_forwarder: bool,
     #[serde(default = "tap_kind")]
     pub kind: EndpointKind,
     /// Bytes and frames the bubble-side tap sent to and received from the container.

@@ -80,10 +80,10 @@ pub fn table(s: &Status) -> String {
             e.pid,
             e.kind.to_string(),
             e.bubble_tap,
-            if e.forwarder_pid == 0 {
-                "-".to_owned()
-            } else {
-                e.forwarder_pid.to_string()
+            match (e.forwarder_pid, e.shared_forwarder) {
+                (0, _) => "-".to_owned(),
+                (pid, true) => format!("{pid}/hub"),
+                (pid, false) => pid.to_string(),
             },
             c("to_container_bytes"),
             c("from_container_bytes")

@@ -25,6 +25,11 @@ fn tap_endpoints_get_addresses_reach_each_other_and_the_outside() {
 }
 
 #[test]
+fn tap_endpoints_with_a_forwarder_each_reach_each_other_and_the_outside() {
+    reach_each_other_and_the_outside(&["--endpoint", "tap", "--tap-hub", "false"], "tap");
+}
+
+#[test]
 fn socket_endpoints_get_addresses_reach_each_other_and_the_outside() {
     reach_each_other_and_the_outside(&["--endpoint", "socket"], "socket");
 }
@@ -95,8 +100,14 @@ fn daemons_on(sock: &std::path::Path, with: &str) -> Vec<i32> {
 /// Two containers on hpk-netd started with `flags`, whose endpoints are of `kind`.
 fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     let s = Site::flannel_with("10.244.3.1/24", flags);
+    let hub = kind == "tap" && !flags.contains(&"false");
     // Ids of their own: runc's cgroups are named after the id, and these tests run at once.
-    let (id1, id2) = (format!("{kind}1"), format!("{kind}2"));
+    let tag = if kind == "tap" && !hub {
+        "tapown"
+    } else {
+        kind
+    };
+    let (id1, id2) = (format!("{tag}1"), format!("{tag}2"));
     let c1 = s.host.runc.run(&id1, &s.host.bundle).expect("c1 starts");
     let c2 = s.host.runc.run(&id2, &s.host.bundle).expect("c2 starts");
     assert_eq!(
@@ -107,10 +118,22 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     let link =
         String::from_utf8_lossy(&c1.exec(&["ip", "link", "show", "tap0"]).stdout).into_owned();
     assert_eq!(link.contains("tap0@if"), kind == "veth", "{link}");
+    // Tap endpoints share the bubble's hub; otherwise a forwarder (or server) each.
+    let mut forwarders = s.host.forwarders();
+    assert_eq!(forwarders.len(), if kind == "veth" { 0 } else { 2 });
+    forwarders.dedup();
     assert_eq!(
-        s.host.forwarders().len(),
-        if kind == "veth" { 0 } else { 2 }
+        forwarders.len(),
+        if hub { 1 } else { s.host.forwarders().len() }
     );
+    let shared = s
+        .host
+        .netd()
+        .status()
+        .endpoints
+        .iter()
+        .all(|e| e.shared_forwarder);
+    assert_eq!(shared, hub);
     let (a1, a2) = (s.host.address_of(&id1), s.host.address_of(&id2));
     assert_ne!(a1, a2);
     let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
@@ -144,6 +167,11 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
 
     let fw = s.host.forwarders();
     c1.stop();
+    if hub {
+        // The hub serves the other container still, then exits with the last.
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(fw[0]), None).is_ok();
+        assert!(alive, "the hub left with the first container");
+    }
     c2.stop();
     s.host.netd().assert_empty(&s.host.ns, &fw);
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Container-to-container data-path benchmark: a hand-made veth pair (the kernel reference)
-# next to the veth endpoint hpk-netd builds through a real hook-driven attach (netd-veth),
-# hpk-net-daemon tap-to-tap and socket mode (original and extended framing), in one run,
-# alternating methods each round.
+# next to the endpoints hpk-netd builds through a real hook-driven attach (veth; tap with
+# the bubble's hub; tap with a forwarder each), hpk-net-daemon tap-to-tap and socket mode
+# (original and extended framing), in one run, alternating methods each round.
 # Prints medians and the ratio to veth. Figures only: nothing here passes or fails.
 #
 #   scripts/bench/datapath.sh [-r ROUNDS] [-t SECONDS] [-m "1500 9000 65520"]
@@ -25,7 +25,7 @@ daemon=$(bench_binary hpk-net-daemon)
 netd=$(bench_binary hpk-netd)
 hook=$(bench_binary hpk-hook)
 p=hb$(printf '%04x' $((RANDOM)))
-methods="veth netd-veth tap tap-poll sock-orig sock-ext"
+methods="veth netd-veth netd-tap netd-tap-own tap tap-nopoll sock-orig sock-ext"
 declare -A pids=()   # method -> daemon pids
 
 cleanup() {
@@ -36,7 +36,7 @@ cleanup() {
     for m in $methods; do
         for ns in b c1 c2; do ip netns del "$p-$m-$ns" 2>/dev/null || true; done
     done
-    rm -rf /tmp/$p-*.sock /tmp/$p-netd
+    rm -rf /tmp/$p-*.sock /tmp/$p-netd-*
 }
 trap cleanup EXIT
 
@@ -47,12 +47,13 @@ setup() {
     local m=$1 mtu=$2 n
     for ns in b c1 c2; do ip netns add "$p-$m-$ns"; ip -n "$p-$m-$ns" link set lo up; done
     pids[$m]=""
-    if [ "$m" = netd-veth ]; then
+    if [ "${m#netd-}" != "$m" ]; then
         # hpk-netd owns this bubble: its bridge gets .1, containers .2 and .3 in turn.
-        local d=/tmp/$p-netd
+        local d=/tmp/$p-$m kind=${m#netd-} hub=true
+        [ "$kind" = tap-own ] && kind=tap hub=false
         rm -rf "$d"; mkdir -p "$d"
         printf 'FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.20.1/24\nFLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n' "$mtu" >"$d/subnet.env"
-        ip netns exec "$p-$m-b" "$netd" run --endpoint veth --state-dir "$d/state" --socket "$d/netd.sock" \
+        ip netns exec "$p-$m-b" "$netd" run --endpoint "$kind" --tap-hub "$hub" --state-dir "$d/state" --socket "$d/netd.sock" \
             --subnet-file "$d/subnet.env" 2>"$d/netd.log" &
         pids[$m]+=" $!"
         wait_for "hpk-netd" test -S "$d/netd.sock"
@@ -68,18 +69,18 @@ setup() {
             ip link add "$port" mtu "$mtu" netns "$p-$m-b" type veth peer name tap0 mtu "$mtu" netns "$c"
             ip -n "$p-$m-b" link set "$port" master br0 up
             ip -n "$c" link set tap0 up ;;
-        netd-veth)
+        netd-*)
             # A real hook-driven attach: the container is a process in its own namespace.
             ip netns exec "$c" sleep 3600 &
             local sleeper=$!
             pids[$m]+=" $sleeper"
             wait_for "$c's process" own_netns "$sleeper"
             echo "{\"ociVersion\":\"1.0.2\",\"id\":\"c$n\",\"status\":\"creating\",\"pid\":$sleeper,\"bundle\":\"\"}" |
-                ip netns exec "$p-$m-b" "$hook" createRuntime --socket "/tmp/$p-netd/netd.sock" ;;
-        tap|tap-poll)
-            local poll=0
-            [ "$m" = tap-poll ] && poll=${BENCH_BUSY_POLL_US:-50}
-            ip netns exec "$p-$m-b" "$daemon" --netns "$c" --bubble-tap "$port" --bridge br0 --mtu "$mtu" --busy-poll-us "$poll" 2>/dev/null &
+                ip netns exec "$p-$m-b" "$hook" createRuntime --socket "/tmp/$p-$m/netd.sock" ;;
+        tap|tap-nopoll)
+            local poll=()
+            [ "$m" = tap-nopoll ] && poll=(--busy-poll-us 0)
+            ip netns exec "$p-$m-b" "$daemon" --netns "$c" --bubble-tap "$port" --bridge br0 --mtu "$mtu" "${poll[@]}" 2>/dev/null &
             pids[$m]+=" $!" ;;
         sock-orig|sock-ext)
             local sock=/tmp/$p-$m-$n.sock framing=()
@@ -90,8 +91,13 @@ setup() {
             pids[$m]+=" $!" ;;
         esac
         wait_for "tap0 up in $c" link_is_up "$c" tap0
-        [ "$m" = netd-veth ] || ip -n "$c" addr add "198.18.20.$((n + 1))/24" dev tap0
+        [ "${m#netd-}" != "$m" ] || ip -n "$c" addr add "198.18.20.$((n + 1))/24" dev tap0
     done
+    if [ "${m#netd-}" != "$m" ]; then
+        # The forwarders hpk-netd started (one hub for both, or one each) count as this method's.
+        pids[$m]+=" $("$netd" status --socket "/tmp/$p-$m/netd.sock" --json |
+            jq -r '[.endpoints[].forwarder_pid | select(. > 0)] | unique | .[]')"
+    fi
     wait_for "$m path ready" ip netns exec "$p-$m-c1" ping -c1 -W1 198.18.20.3
     ip netns exec "$p-$m-c2" iperf3 -s -D -I "/tmp/$p-$m.iperf.pid" >/dev/null
     pids[$m]+=" $(wait_for_file "/tmp/$p-$m.iperf.pid")"
@@ -103,7 +109,7 @@ teardown() {
     for pid in ${pids[$m]}; do while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done; done
     pids[$m]=""
     for ns in b c1 c2; do ip netns del "$p-$m-$ns"; done
-    rm -rf /tmp/$p-*.sock "/tmp/$p-$m.iperf.pid" "/tmp/$p-netd"
+    rm -rf /tmp/$p-*.sock "/tmp/$p-$m.iperf.pid" "/tmp/$p-$m"
 }
 
 # CPU seconds (user+system) used so far by the method's forwarders.
@@ -118,12 +124,20 @@ daemon_cpu() {
 
 printf '\nhpk-net-daemon data path, container to container through a bridge\n'
 printf '%s rounds x %ss iperf3 TCP, medians; kernel %s, %s cores\n\n' "$rounds" "$secs" "$(uname -r)" "$(nproc)"
-printf '%-7s %-10s %10s %8s %10s %8s %10s %9s %9s\n' MTU method Gbit/s x_veth RTT_ms x_veth CPUs/GB RSS_KiB PrivKiB
+printf '%-7s %-12s %10s %8s %10s %8s %10s %9s %9s\n' MTU method Gbit/s x_veth RTT_ms x_veth CPUs/GB RSS_KiB PrivKiB
 for mtu in $mtus; do
     for m in $methods; do setup "$m" "$mtu"; done
-    # Sanity: hpk-netd built veth endpoints, and the path crosses them.
-    kinds=$("$netd" status --socket "/tmp/$p-netd/netd.sock" --json | jq -r '[.endpoints[].kind] | unique | join(",")')
-    [ "$kinds" = veth ] || echo "WARNING: hpk-netd's endpoints are $kinds, not veth" >&2
+    # Sanity: hpk-netd built the endpoints each method names: kind, and one hub for both
+    # tap endpoints or a forwarder each.
+    for m in netd-veth netd-tap netd-tap-own; do
+        want=${m#netd-} want=${want%-own}
+        got=$("$netd" status --socket "/tmp/$p-$m/netd.sock" --json |
+            jq -r '[.endpoints[].kind] | unique | join(",")' 2>/dev/null || echo none)
+        [ "$got" = "$want" ] || echo "WARNING: $m: hpk-netd's endpoints are $got, not $want" >&2
+    done
+    n_fwd() { "$netd" status --socket "/tmp/$p-$1/netd.sock" --json | jq '[.endpoints[].forwarder_pid] | unique | length'; }
+    [ "$(n_fwd netd-tap)" = 1 ] || echo "WARNING: netd-tap's two endpoints do not share one hub" >&2
+    [ "$(n_fwd netd-tap-own)" = 2 ] || echo "WARNING: netd-tap-own's endpoints do not have a forwarder each" >&2
     declare -A gbps=() rtt=() cpu=()
     for r in $(seq "$rounds"); do
         for m in $methods; do
@@ -144,7 +158,7 @@ for mtu in $mtus; do
             c=$(median ${cpu[$m]})
             read -r rss priv < <(daemon_memory ${pids[$m]})
         fi
-        printf '%-7s %-10s %10s %8s %10s %8s %10s %9s %9s\n' "$mtu" "$m" "$g" \
+        printf '%-7s %-12s %10s %8s %10s %8s %10s %9s %9s\n' "$mtu" "$m" "$g" \
             "$(ratio "$g" "$ref_g")" "$l" "$(ratio "$l" "$ref_r")" "$c" "$rss" "$priv"
     done
     for m in $methods; do teardown "$m"; done
@@ -155,7 +169,10 @@ x_veth: throughput and RTT as a multiple of the veth pair's in the same round se
 CPUs/GB: CPU seconds of all forwarders on the path per GB moved (veth: in the kernel).
 RSS_KiB: largest resident set of one forwarder; PrivKiB: its private dirty memory, the
 part that really grows with the number of containers (code and libc pages are shared).
-tap-poll: tap-to-tap with --busy-poll-us 50 (the forwarder spins 50 us after traffic).
+netd-veth, netd-tap, netd-tap-own: endpoints hpk-netd built through a hook-driven attach:
+a veth pair; a tap pair served by the bubble's hub (one forwarder thread for both); a tap
+pair with a forwarder each. tap: a hand-started hpk-net-daemon per container (polling
+100 us after traffic, yielding the CPU); tap-nopoll: the same with --busy-poll-us 0.
 sock-orig: socket mode in the original tool's framing; sock-ext: two hpk-net-daemons that
 agreed on the extended framing (virtio-net header and offloads over the socket).
 EOF

@@ -3,7 +3,8 @@
 # "container" is a process in a network namespace of its own; hpk-hook attaches them in
 # concurrent batches and detaches them again. Prints the slowest and median attach,
 # hpk-netd's memory and idle CPU with all of them attached, per-container memory (a
-# forwarder's private memory for tap; nothing for veth), and the time to detach them all.
+# forwarder's private memory for tap: the hub's shared out, or a forwarder's own; nothing
+# for veth), the forwarders' idle CPU, and the time to detach them all.
 # Figures only: nothing here passes or fails.
 #
 #   scripts/bench/scale.sh [-n CONTAINERS] [-b BATCH]
@@ -64,11 +65,13 @@ kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
 printf '\n%s containers in one bubble, hook-driven, %s at a time (kernel %s, %s cores)\n\n' \
     "$count" "$batch" "$(uname -r)" "$(nproc)"
-printf '%-6s %10s %10s %12s %12s %14s %12s %14s\n' kind "attach p50" "attach max" "attach all s" \
-    "netd RSS MiB" "netd idle CPU%" "per ctr KiB" "detach all s"
-for kind in veth tap; do
-    nsenter --net="/run/netns/$bubble" "$netd" run --endpoint "$kind" --state-dir "$dir/state-$kind" \
-        --socket "$dir/netd.sock" --subnet-file "$dir/subnet.env" >/dev/null 2>"$dir/netd-$kind.log" &
+printf '%-8s %10s %10s %12s %12s %14s %13s %12s %14s\n' kind "attach p50" "attach max" "attach all s" \
+    "netd RSS MiB" "netd idle CPU%" "fwd idle CPU%" "per ctr KiB" "detach all s"
+for variant in veth tap tap-own; do
+    kind=${variant%-own} hub=true
+    [ "$variant" = tap-own ] && hub=false
+    nsenter --net="/run/netns/$bubble" "$netd" run --endpoint "$kind" --tap-hub "$hub" --state-dir "$dir/state-$variant" \
+        --socket "$dir/netd.sock" --subnet-file "$dir/subnet.env" >/dev/null 2>"$dir/netd-$variant.log" &
     netd_pid=$!
     pids+=("$netd_pid")
     wait_for "hpk-netd" test -S "$dir/netd.sock"
@@ -76,23 +79,32 @@ for kind in veth tap; do
 
     start=$(date +%s%N)
     for i in $(seq 0 $((count - 1))); do echo "c$i ${sleepers[$i]}"; done |
-        xargs -P "$batch" -n 2 bash -c 'hook_call createRuntime "$0" "$1"' >"$dir/attach-$kind.ms"
+        xargs -P "$batch" -n 2 bash -c 'hook_call createRuntime "$0" "$1"' >"$dir/attach-$variant.ms"
     attach_all=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN{printf "%.2f", (b-a)/1e9}')
     attached=$(in_use)
-    [ "$attached" -eq "$count" ] || echo "WARNING: $attached of $count attached ($kind)" >&2
+    [ "$attached" -eq "$count" ] || echo "WARNING: $attached of $count attached ($variant)" >&2
     # Sanity: the endpoints are of the kind measured.
     other=$(status | jq --arg k "$kind" '[.endpoints[] | select(.kind != $k)] | length')
     [ "$other" -eq 0 ] || echo "WARNING: $other endpoints are not $kind" >&2
 
+    # The forwarders: the bubble's hub (one for all), or one per container.
+    mapfile -t fwds < <(status | jq -r '[.endpoints[].forwarder_pid | select(. != 0)] | unique | .[]')
+    if [ "$variant" = tap ] && [ "${#fwds[@]}" -ne 1 ]; then echo "WARNING: ${#fwds[@]} forwarders, not one hub" >&2; fi
+    if [ "$variant" = tap-own ] && [ "${#fwds[@]}" -ne "$count" ]; then echo "WARNING: ${#fwds[@]} forwarders for $count containers" >&2; fi
+    fwd_ticks() { local t=0 f; for f in "${fwds[@]}"; do t=$((t + $(cpu_ticks "$f"))); done; echo "$t"; }
     sleep 1
-    t0=$(cpu_ticks "$netd_pid")
+    t0=$(cpu_ticks "$netd_pid") f0=$(fwd_ticks)
     sleep 5
-    idle=$(awk -v t="$(( $(cpu_ticks "$netd_pid") - t0 ))" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", 100 * t / hz / 5}')
+    hz=$(getconf CLK_TCK)
+    idle=$(awk -v t="$(( $(cpu_ticks "$netd_pid") - t0 ))" -v hz="$hz" 'BEGIN{printf "%.2f", 100 * t / hz / 5}')
+    fidle=$(awk -v t="$(( $(fwd_ticks) - f0 ))" -v hz="$hz" 'BEGIN{printf "%.2f", 100 * t / hz / 5}')
+    [ "${#fwds[@]}" -gt 0 ] || fidle=-
     rss=$(awk -v k="$(kib "$netd_pid" VmRSS)" 'BEGIN{printf "%.1f", k / 1024}')
-    # Per container: a forwarder's private memory (tap), or what hpk-netd grew by (veth).
-    per=$(status | jq -r '.endpoints[].forwarder_pid | select(. != 0)' | while read -r fw; do
+    # Per container: the forwarders' private memory shared out (tap), or what hpk-netd
+    # grew by (veth).
+    per=$(for fw in "${fwds[@]}"; do
         awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$fw/smaps_rollup"
-    done | awk '{s += $1; n++} END { if (n) printf "%.0f", s / n; else print "" }')
+    done | awk -v n="$count" '{s += $1} END { if (NR) printf "%.0f", s / n; else print "" }')
     [ -n "$per" ] || per=$(awk -v a="$(kib "$netd_pid" VmRSS)" -v b="$before_rss" -v n="$count" 'BEGIN{printf "%.1f (netd)", (a - b) / n}')
 
     start=$(date +%s%N)
@@ -100,15 +112,16 @@ for kind in veth tap; do
         xargs -P "$batch" -n 2 bash -c 'hook_call poststop "$0" "$1"'
     wait_for_empty() { [ "$(in_use)" -eq 0 ] && [ "$(status | jq '.endpoints | length')" -eq 0 ]; }
     end=$((SECONDS + 60))
-    until wait_for_empty; do [ $SECONDS -lt $end ] || { echo "WARNING: endpoints left ($kind)" >&2; break; }; sleep 0.05; done
+    until wait_for_empty; do [ $SECONDS -lt $end ] || { echo "WARNING: endpoints left ($variant)" >&2; break; }; sleep 0.05; done
     detach_all=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN{printf "%.2f", (b-a)/1e9}')
     left=$(ip -n "$bubble" -o link | grep -c ' hpk[0-9a-f]\{12\}' || true)
-    [ "$left" -eq 0 ] || echo "WARNING: $left bubble links left ($kind)" >&2
+    [ "$left" -eq 0 ] || echo "WARNING: $left bubble links left ($variant)" >&2
 
-    mapfile -t ms <"$dir/attach-$kind.ms"
-    printf '%-6s %10s %10s %12s %12s %14s %12s %14s\n' "$kind" "$(median "${ms[@]}")" \
-        "$(sort -g "$dir/attach-$kind.ms" | tail -1)" "$attach_all" "$rss" "$idle" "$per" "$detach_all"
+    mapfile -t ms <"$dir/attach-$variant.ms"
+    printf '%-8s %10s %10s %12s %12s %14s %13s %12s %14s\n' "$variant" "$(median "${ms[@]}")" \
+        "$(sort -g "$dir/attach-$variant.ms" | tail -1)" "$attach_all" "$rss" "$idle" "$fidle" "$per" "$detach_all"
     kill "$netd_pid"
     wait "$netd_pid" 2>/dev/null || true
 done
 echo "attach: hook wall time incl. nsenter and the hook's own start; idle CPU over 5 s with every container attached"
+echo "tap: served by the bubble's hub (one forwarder thread); tap-own: one hpk-net-daemon per container"

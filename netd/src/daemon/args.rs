@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// hpk-net-daemons, the original design), or auto (veth where possible, else tap).
     #[arg(long, env = "HPK_NETD_ENDPOINT", value_enum)]
     endpoint: Option<EndpointKind>,
+    /// Tap endpoints share one forwarder per bubble (true), or each has its own
+    /// hpk-net-daemon (false).
+    #[arg(long, env = "HPK_NETD_TAP_HUB", value_name = "BOOL")]
+    tap_hub: Option<bool>,
     /// Let containers send only from their own MAC and address (nftables).
     #[arg(long, env = "HPK_NETD_ANTISPOOF", value_name = "BOOL")]
     antispoof: Option<bool>,
@@ -125,6 +129,7 @@ impl RunArgs {
         set!(masquerade <- self.masquerade);
         set!(container_tap <- self.container_tap);
         set!(endpoint <- self.endpoint);
+        set!(tap_hub <- self.tap_hub);
         set!(antispoof <- self.antispoof);
         set!(net_daemon <- self.net_daemon);
         set!(subnet.subnet_file <- self.subnet_file);

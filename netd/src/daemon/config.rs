@@ -196,6 +196,9 @@ pub struct Config {
     /// Endpoint kind of containers that do not ask for one (annotation
     /// io.hpktainer.endpoint).
     pub endpoint: EndpointKind,
+    /// Tap endpoints share one forwarder per bubble, the hub (fewer wake-ups per round
+    /// trip, no process per container); false: one hpk-net-daemon per container.
+    pub tap_hub: bool,
     /// Containers may send only from their own MAC and address (nftables, bridge family).
     pub antispoof: bool,
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
@@ -215,6 +218,7 @@ impl Default for Config {
             masquerade: Masquerade::Auto,
             container_tap: "tap0".into(),
             endpoint: EndpointKind::Auto,
+            tap_hub: true,
             antispoof: true,
             net_daemon: String::new(),
             subnet: SubnetConfig::default(),

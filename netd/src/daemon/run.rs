@@ -104,10 +104,12 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
             container_tap: cfg.container_tap.clone(),
             net_daemon: cfg.net_daemon_path(),
             endpoint: cfg.endpoint,
+            tap_hub: cfg.tap_hub,
             antispoof: cfg.antispoof,
         },
         ipam,
         store,
+        &cfg.state_dir,
     );
     endpoints.adopt().await?;
     let daemon = Arc::new(Daemon {

@@ -61,7 +61,8 @@ fn endpoint_status(r: Record, links: &[LinkSummary]) -> EndpointStatus {
         pid: r.spec.pid,
         netns: r.spec.netns(),
         bubble_tap: att.bubble_tap.clone(),
-        forwarder_pid: r.forwarder.map_or(0, |f| f.pid),
+        forwarder_pid: r.path.forwarder.map_or(0, |f| f.pid),
+        shared_forwarder: r.path.hub,
         kind: att.kind,
         counters,
     }

@@ -10,6 +10,10 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::sys::tap::MAX_TAP_MTU;
 use crate::sys::users::{parse_mode, Owner};
 
+/// How long a forwarder polls after traffic by default: long enough for a reply to come
+/// back through the bubble (a round trip over veth is ~60 us on a small VM).
+pub const DEFAULT_BUSY_POLL_US: u64 = 100;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// Copy frames between a tap in the container and a tap in the bubble (default).
@@ -18,6 +22,9 @@ pub enum Mode {
     Server,
     /// Socket mode, container side: create --tap and connect to --socket.
     Client,
+    /// The bubble's shared tap forwarder: serve the tap pairs hpk-netd hands over on the
+    /// listening socket --listen-fd, until none is left.
+    Hub,
 }
 
 /// Moves Ethernet frames between a container's network namespace and its bubble.
@@ -33,6 +40,9 @@ pub enum Mode {
 /// frames cross whole); with the original tool on the other end the original framing is
 /// kept. The original's Go-style flags work as they did (`-mode client -socket PATH
 /// -tap tap0 -create-tap`, `-version`).
+///
+/// Hub mode (`--mode hub`, started by hpk-netd) forwards for every tap endpoint of the
+/// bubble in one thread; hpk-netd hands each pair of taps over on its control socket.
 ///
 /// Taps created here disappear when the daemon exits (SIGTERM/SIGINT exit cleanly).
 /// Log level: HPK_LOG (e.g. HPK_LOG=debug).
@@ -64,6 +74,10 @@ pub struct NetDaemonArgs {
     #[arg(long, value_name = "FD", conflicts_with_all = ["bubble_tap", "bridge"])]
     pub bubble_fd: Option<RawFd>,
 
+    /// Hub mode: the listening control socket (SOCK_SEQPACKET), inherited from hpk-netd.
+    #[arg(long, value_name = "FD", conflicts_with_all = ["netns", "container_fd", "bubble_fd", "tap_fd"])]
+    pub listen_fd: Option<RawFd>,
+
     /// Tap mode: exit when this process (the container's) exits. Defaults to PID when
     /// --netns is /proc/PID/ns/net.
     #[arg(long, value_name = "PID")]
@@ -77,10 +91,11 @@ pub struct NetDaemonArgs {
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(68..=MAX_TAP_MTU as i64))]
     pub mtu: u32,
 
-    /// Tap mode: microseconds to keep polling after traffic before sleeping. Saves a
-    /// wake-up per hop for request/response traffic where cores are idle; on a busy
-    /// machine spinning steals the CPU the traffic needs, hence 0 (off) by default.
-    #[arg(long, default_value_t = 0, value_name = "USEC")]
+    /// Tap and hub modes: microseconds to keep polling after traffic before sleeping,
+    /// yielding the CPU to anything else runnable meanwhile. The reply to a frame then
+    /// finds the forwarder awake, which saves a wake-up per hop; an idle forwarder sleeps
+    /// (0: never poll).
+    #[arg(long, default_value_t = DEFAULT_BUSY_POLL_US, value_name = "USEC")]
     pub busy_poll_us: u64,
 
     /// Tap mode: open the taps without virtio-net header and offloads (for comparison).
@@ -184,7 +199,15 @@ impl NetDaemonArgs {
 
     /// Whether a parent handed the taps over (it started this daemon as its forwarder).
     pub fn inherits_taps(&self) -> bool {
-        self.container_fd.is_some() || self.tap_fd.is_some()
+        self.container_fd.is_some() || self.tap_fd.is_some() || self.listen_fd.is_some()
+    }
+
+    /// The bubble's shared forwarder, serving the control socket `listen_fd`.
+    pub fn hub(listen_fd: RawFd) -> NetDaemonArgs {
+        let mut args = NetDaemonArgs::parse_from(["hpk-net-daemon"]);
+        args.mode = Mode::Hub;
+        args.listen_fd = Some(listen_fd);
+        args
     }
 
     /// The command-line arguments (program name excluded) that parse back into `self`,
@@ -207,6 +230,7 @@ impl NetDaemonArgs {
         flag("container-tap", Some(self.container_tap.clone()));
         flag("busy-poll-us", Some(self.busy_poll_us.to_string()));
         flag("tap-fd", self.tap_fd.map(|v| v.to_string()));
+        flag("listen-fd", self.listen_fd.map(|v| v.to_string()));
         flag(
             "socket",
             self.socket.as_ref().map(|p| p.display().to_string()),
@@ -313,9 +337,10 @@ mod tests {
 
     #[test]
     fn the_spawners_arguments_parse_back() {
-        let args = NetDaemonArgs::inherited(3, 4, 4242);
-        let mut line = vec!["hpk-net-daemon".to_owned()];
-        line.extend(args.to_args());
-        assert_eq!(NetDaemonArgs::try_parse_from(&line).unwrap(), args);
+        for args in [NetDaemonArgs::inherited(3, 4, 4242), NetDaemonArgs::hub(5)] {
+            let mut line = vec!["hpk-net-daemon".to_owned()];
+            line.extend(args.to_args());
+            assert_eq!(NetDaemonArgs::try_parse_from(&line).unwrap(), args);
+        }
     }
 }

@@ -1,9 +1,10 @@
-//! The data path of one container: frames between its tap and the bubble, tap to tap or
-//! over a UNIX socket in the original tool's framing, and the command line of the
-//! forwarder process that runs it.
+//! The data path of containers: frames between a container's tap and the bubble, tap to
+//! tap (one forwarder per container, or the bubble's shared hub) or over a UNIX socket in
+//! the original tool's framing, and the command line of the forwarder process that runs it.
 
 pub mod args;
 pub mod framing;
+pub mod hub;
 pub mod run;
 pub mod socket;
 pub mod tap_pump;

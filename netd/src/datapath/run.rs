@@ -22,6 +22,8 @@ enum Event {
     Signal(Signal),
     Stopped(PumpStopped),
     ContainerExited(i32),
+    /// The hub serves no endpoint any more (or failed).
+    HubDone(Result<()>),
 }
 
 /// Runs the daemon until it should exit; the exit code says how it ended.
@@ -49,6 +51,7 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
             })?;
     }
     let exited = events.clone();
+    let done = events.clone();
     let on_stop = move |stopped: PumpStopped| {
         let _ = events.send(Event::Stopped(stopped));
     };
@@ -68,6 +71,22 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
     }
     match cli.mode {
         Mode::Tap => start_tap_to_tap(&cli, on_stop)?,
+        Mode::Hub => {
+            let fd = cli
+                .listen_fd
+                .ok_or_else(|| anyhow!("--mode hub needs --listen-fd (hpk-netd starts the hub)"))?;
+            // SAFETY: the parent handed this fd over for us alone.
+            let control =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let busy_poll = std::time::Duration::from_micros(cli.busy_poll_us);
+            let done = done.clone();
+            info!("hub serving");
+            std::thread::Builder::new()
+                .name("hub".into())
+                .spawn(move || {
+                    let _ = done.send(Event::HubDone(super::hub::serve(control, busy_poll)));
+                })?;
+        }
         Mode::Server | Mode::Client => {
             let path = cli
                 .socket
@@ -120,6 +139,11 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
         Ok(Event::ContainerExited(pid)) => {
             info!(pid, "container process exited; removing its taps");
             ExitCode::SUCCESS
+        }
+        Ok(Event::HubDone(Ok(()))) => ExitCode::SUCCESS,
+        Ok(Event::HubDone(Err(e))) => {
+            error!("hub failed: {e:#}; exiting");
+            ExitCode::FAILURE
         }
         Ok(Event::Stopped(stopped)) => {
             error!("{stopped}; exiting");

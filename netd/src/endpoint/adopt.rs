@@ -43,18 +43,15 @@ impl Endpoints {
                     }
                     continue;
                 }
-                let intact = match record.forwarder {
-                    Some(_) => record.processes().all(|p| p.alive()),
+                let intact = match record.path.forwarder {
+                    Some(_) => svc.processes_intact(&record),
                     None => build::bubble_link_exists(&record.spec.attachment.bubble_tap),
                 };
                 if !intact {
                     warn!(id, kind = %record.spec.attachment.kind, "data path gone while hpk-netd was down; rebuilding it");
                     svc.stop_data_path(&record);
                     match svc.start_data_path(&record.spec) {
-                        Ok((forwarder, client)) => {
-                            record.forwarder = forwarder;
-                            record.client = client;
-                        }
+                        Ok(path) => record.path = path,
                         Err(e) => {
                             error!(id, error = %format!("{e:#}"), "cannot restart; detaching");
                             svc.teardown(&record);

@@ -19,7 +19,6 @@ use nix::unistd::Pid;
 use crate::datapath::args::NetDaemonArgs;
 use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::{start_time, ProcId};
-use crate::sys::tap::Tap;
 
 /// Serializes forwarder starts: between duplicating a pair of tap fds as inheritable and
 /// closing them again after the spawn, no other forwarder may be started (it would inherit
@@ -27,8 +26,8 @@ use crate::sys::tap::Tap;
 /// iptables-restore holds them only for its few milliseconds).
 static SPAWNING: Mutex<()> = Mutex::new(());
 
-/// Starts hpk-net-daemon with `taps` handed over; `args` builds its command line from
-/// the fd numbers they get.
+/// Starts hpk-net-daemon with `fds` (taps, or the hub's listening socket) handed over;
+/// `args` builds its command line from the fd numbers they get.
 ///
 /// No code runs between fork and exec, so the standard library starts it with
 /// `posix_spawn` (a vfork), not a fork of this whole process: the taps are passed as
@@ -36,7 +35,7 @@ static SPAWNING: Mutex<()> = Mutex::new(());
 /// session itself.
 pub fn spawn(
     daemon: &Path,
-    taps: Vec<Tap>,
+    fds: Vec<OwnedFd>,
     args: impl FnOnce(&[RawFd]) -> NetDaemonArgs,
     log: &Path,
 ) -> Result<ProcId> {
@@ -47,16 +46,16 @@ pub fn spawn(
         .open(log)
         .with_context(|| format!("cannot open forwarder log {}", log.display()))?;
     let _spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
-    let inheritable = taps
+    let inheritable = fds
         .iter()
         .map(|t| -> Result<OwnedFd> {
             let fd = nix::fcntl::fcntl(t, nix::fcntl::FcntlArg::F_DUPFD(3))
-                .context("cannot duplicate a tap fd")?;
+                .context("cannot duplicate an fd for the forwarder")?;
             // SAFETY: fcntl just returned this new fd.
             Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
         })
         .collect::<Result<Vec<OwnedFd>>>()?;
-    drop(taps);
+    drop(fds);
     let fds: Vec<RawFd> = inheritable.iter().map(|f| f.as_raw_fd()).collect();
     let child = Command::new(daemon)
         .args(args(&fds).to_args())

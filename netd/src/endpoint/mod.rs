@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod forwarder;
+pub mod hub;
 pub mod store;
 pub mod table;
 

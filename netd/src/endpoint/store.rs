@@ -15,17 +15,34 @@ use crate::sys::process::ProcId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub spec: EndpointSpec,
-    /// The forwarder of a tap endpoint, or a socket endpoint's server; a veth has none.
+    #[serde(flatten)]
+    pub path: DataPath,
+}
+
+/// The processes that carry an endpoint's frames; a veth has none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPath {
+    /// The forwarder of a tap endpoint, or a socket endpoint's server.
     pub forwarder: Option<ProcId>,
     /// A socket endpoint's client, in the container's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<ProcId>,
+    /// The forwarder is the bubble's hub, shared with the other tap endpoints: it is told
+    /// to drop this endpoint, never stopped for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hub: bool,
+}
+
+impl DataPath {
+    /// The processes: forwarder (or server, or hub), then client.
+    pub fn processes(&self) -> impl Iterator<Item = ProcId> {
+        self.forwarder.into_iter().chain(self.client)
+    }
 }
 
 impl Record {
-    /// The processes of the data path: forwarder (or server), then client.
     pub fn processes(&self) -> impl Iterator<Item = ProcId> {
-        self.forwarder.into_iter().chain(self.client)
+        self.path.processes()
     }
 }
 

@@ -66,7 +66,8 @@ impl Endpoints {
             if !self.still_ours(&id, &stop) {
                 return;
             }
-            // The survivor of a pair goes too: the whole data path is rebuilt.
+            // The survivor of a pair goes too: the whole data path is rebuilt. (A hub is
+            // a single process: nothing survives it.)
             let survivors: Vec<ProcId> = processes.iter().copied().filter(|p| *p != dead).collect();
             let _ = tokio::task::spawn_blocking(move || {
                 for p in survivors {
@@ -113,8 +114,8 @@ impl Endpoints {
             let svc = self.clone();
             let spec = record.spec.clone();
             let started = tokio::task::spawn_blocking(move || svc.start_data_path(&spec)).await;
-            let (forwarder, client) = match started {
-                Ok(Ok(started)) => started,
+            let path = match started {
+                Ok(Ok(path)) => path,
                 Ok(Err(e)) => {
                     error!(id, error = %format!("{e:#}"), "cannot restart the forwarder");
                     let _ = self.detach(&id, "forwarder could not be restarted");
@@ -122,15 +123,13 @@ impl Endpoints {
                 }
                 Err(_) => return,
             };
-            record.forwarder = forwarder;
-            record.client = client;
+            record.path = path;
             // A detach may have come while we rebuilt: then the new processes are not ours.
             let still_ours = {
                 let mut slots = self.slots.lock().unwrap();
                 match slots.get_mut(&id) {
                     Some(Slot::Ready { record: r, stop: s }) if Arc::ptr_eq(s, &stop) => {
-                        r.forwarder = forwarder;
-                        r.client = client;
+                        r.path = path;
                         true
                     }
                     _ => false,
@@ -140,9 +139,7 @@ impl Endpoints {
             let saved = record.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if !still_ours {
-                    for p in saved.processes() {
-                        forwarder::stop(p, STOP_GRACE);
-                    }
+                    svc.stop_processes(saved.spec.id(), saved.path);
                 } else if let Err(e) = svc.store.save(&saved) {
                     warn!(id = saved.spec.id(), error = %e, "cannot update the endpoint record");
                 }

@@ -3,7 +3,7 @@
 //! `Leaving` while it is torn down in the background.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use tracing::{debug, error, info, warn};
 
 use super::build::{self, check_own_netns, VethNotPossible};
 use super::forwarder;
-use super::store::{Record, Store};
+use super::hub::HubClient;
+use super::store::{DataPath, Record, Store};
 use super::{bubble_tap_name, netns_of, validate_id, EndpointSpec};
 use crate::bubble::antispoof;
 use crate::bubble::ipam::Ipam;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub net_daemon: PathBuf,
     /// The endpoint kind of containers that do not ask for one.
     pub endpoint: EndpointKind,
+    /// Tap endpoints are served by the bubble's hub, not a forwarder each.
+    pub tap_hub: bool,
     /// Guard each endpoint's bridge port against spoofed MACs and addresses.
     pub antispoof: bool,
 }
@@ -60,11 +63,15 @@ pub struct Endpoints {
     pub(super) slots: Mutex<HashMap<String, Slot>>,
     /// Where the anti-spoofing rules are changed.
     nft: antispoof::Nft,
+    /// The bubble's shared tap forwarder.
+    hub: HubClient,
 }
 
 impl Endpoints {
-    pub fn new(settings: Settings, ipam: Ipam, store: Store) -> Arc<Endpoints> {
+    pub fn new(settings: Settings, ipam: Ipam, store: Store, state_dir: &Path) -> Arc<Endpoints> {
+        let hub = HubClient::new(state_dir, &settings.net_daemon);
         Arc::new(Endpoints {
+            hub,
             settings,
             ipam,
             store,
@@ -73,12 +80,9 @@ impl Endpoints {
         })
     }
 
-    /// Builds the data path of `spec`: a veth pair; two taps and their forwarder; or two
-    /// taps and a server and client over a socket. Returns (forwarder or server, client).
-    pub(super) fn start_data_path(
-        &self,
-        spec: &EndpointSpec,
-    ) -> Result<(Option<ProcId>, Option<ProcId>)> {
+    /// Builds the data path of `spec`: a veth pair; two taps and the hub or a forwarder of
+    /// their own; or two taps and a server and client over a socket.
+    pub(super) fn start_data_path(&self, spec: &EndpointSpec) -> Result<DataPath> {
         // The rules name the port, not its index: they go in while the port is built.
         let (started, guarded) = std::thread::scope(|scope| {
             let guard = scope.spawn(|| self.guard(spec));
@@ -92,11 +96,10 @@ impl Endpoints {
         });
         match (started, guarded) {
             (Ok(started), Ok(())) => Ok(started),
-            (Ok((forwarder, client)), Err(e)) => {
+            (Ok(path), Err(e)) => {
                 self.stop_data_path(&Record {
                     spec: spec.clone(),
-                    forwarder,
-                    client,
+                    path,
                 });
                 Err(e)
             }
@@ -131,24 +134,40 @@ impl Endpoints {
         }
     }
 
-    fn build_data_path(&self, spec: &EndpointSpec) -> Result<(Option<ProcId>, Option<ProcId>)> {
+    fn build_data_path(&self, spec: &EndpointSpec) -> Result<DataPath> {
         let daemon = &self.settings.net_daemon;
         let log = self.store.log_path(spec.id());
         match spec.attachment.kind {
             EndpointKind::Veth | EndpointKind::Auto => {
                 build::build_veth(spec)?;
-                Ok((None, None))
+                Ok(DataPath::default())
+            }
+            EndpointKind::Tap if self.settings.tap_hub => {
+                let (container, bubble) = build::build_taps(spec)?;
+                let owner = ProcId {
+                    pid: spec.pid,
+                    start: spec.pid_start,
+                };
+                let hub = self.hub.add(spec.id(), owner, [container, bubble])?;
+                Ok(DataPath {
+                    forwarder: Some(hub),
+                    client: None,
+                    hub: true,
+                })
             }
             EndpointKind::Tap => {
                 let (container, bubble) = build::build_taps(spec)?;
                 let pid = spec.pid;
                 let forwarder = forwarder::spawn(
                     daemon,
-                    vec![container, bubble],
+                    vec![container.into(), bubble.into()],
                     |fds| NetDaemonArgs::inherited(fds[0], fds[1], pid),
                     &log,
                 )?;
-                Ok((Some(forwarder), None))
+                Ok(DataPath {
+                    forwarder: Some(forwarder),
+                    ..DataPath::default()
+                })
             }
             EndpointKind::Socket => {
                 let (container, bubble) = build::build_taps(spec)?;
@@ -157,18 +176,22 @@ impl Endpoints {
                 let (at, pid) = (socket.clone(), spec.pid);
                 let server = forwarder::spawn(
                     daemon,
-                    vec![bubble],
+                    vec![bubble.into()],
                     |fds| NetDaemonArgs::socket_end(Mode::Server, fds[0], at, pid),
                     &log,
                 )?;
                 let client = forwarder::spawn(
                     daemon,
-                    vec![container],
+                    vec![container.into()],
                     |fds| NetDaemonArgs::socket_end(Mode::Client, fds[0], socket, pid),
                     &log,
                 );
                 match client {
-                    Ok(client) => Ok((Some(server), Some(client))),
+                    Ok(client) => Ok(DataPath {
+                        forwarder: Some(server),
+                        client: Some(client),
+                        hub: false,
+                    }),
                     Err(e) => {
                         forwarder::stop(server, STOP_GRACE);
                         Err(e)
@@ -180,11 +203,7 @@ impl Endpoints {
 
     /// Builds `spec` as the kind `wanted`: `auto` is a veth where hpk-netd may move a link
     /// into the container's namespace, else a tap pair (said in the log, with why).
-    fn start_kind(
-        &self,
-        spec: &mut EndpointSpec,
-        wanted: EndpointKind,
-    ) -> Result<(Option<ProcId>, Option<ProcId>)> {
+    fn start_kind(&self, spec: &mut EndpointSpec, wanted: EndpointKind) -> Result<DataPath> {
         spec.attachment.kind = match wanted {
             EndpointKind::Auto => EndpointKind::Veth,
             kind => kind,
@@ -225,29 +244,23 @@ impl Endpoints {
             bridge: self.settings.bridge.clone(),
         };
         let wanted = req.endpoint.unwrap_or(self.settings.endpoint);
-        let record = self
-            .start_kind(&mut spec, wanted)
-            .and_then(|(forwarder, client)| {
-                let built = started.elapsed();
-                let record = Record {
-                    spec,
-                    forwarder,
-                    client,
-                };
-                if let Err(e) = self.store.save(&record) {
-                    self.stop_data_path(&record);
-                    return Err(e);
-                }
-                // Where an attach's time goes, for profiling (HPK_LOG=hpk_netd=debug).
-                debug!(
-                    id = req.id,
-                    allocated_us = allocated.as_micros(),
-                    built_us = built.as_micros(),
-                    saved_us = started.elapsed().as_micros(),
-                    "attach timings"
-                );
-                Ok(record)
-            });
+        let record = self.start_kind(&mut spec, wanted).and_then(|path| {
+            let built = started.elapsed();
+            let record = Record { spec, path };
+            if let Err(e) = self.store.save(&record) {
+                self.stop_data_path(&record);
+                return Err(e);
+            }
+            // Where an attach's time goes, for profiling (HPK_LOG=hpk_netd=debug).
+            debug!(
+                id = req.id,
+                allocated_us = allocated.as_micros(),
+                built_us = built.as_micros(),
+                saved_us = started.elapsed().as_micros(),
+                "attach timings"
+            );
+            Ok(record)
+        });
         if record.is_err() {
             let _ = self.ipam.release(address, &req.id);
             self.store.remove(&req.id);
@@ -303,7 +316,7 @@ impl Endpoints {
         match built {
             Ok(record) => {
                 let att = &record.spec.attachment;
-                info!(id, address = %att.address, kind = %att.kind, forwarder = ?record.forwarder.map(|f| f.pid), "attached");
+                info!(id, address = %att.address, kind = %att.kind, forwarder = ?record.path.forwarder.map(|f| f.pid), hub = record.path.hub, "attached");
                 let att = record.spec.attachment.clone();
                 self.install(record);
                 Ok(att)
@@ -364,14 +377,30 @@ impl Endpoints {
 
     /// Removes the data path: the forwarder (its taps go with it), or the veth pair.
     pub(super) fn stop_data_path(&self, record: &Record) {
-        for p in record.processes() {
-            forwarder::stop(p, STOP_GRACE);
-        }
+        self.stop_processes(record.spec.id(), record.path);
         let att = &record.spec.attachment;
         if let Err(e) = build::remove_bubble_link(&att.bubble_tap) {
             warn!(id = att.id, error = %e, "bubble link cleanup");
         }
         self.unguard(&att.bubble_tap);
+    }
+
+    /// Stops the processes of endpoint `id`'s data path; the hub only drops the endpoint.
+    pub(super) fn stop_processes(&self, id: &str, path: DataPath) {
+        match path.forwarder {
+            Some(hub) if path.hub => self.hub.remove(hub, id),
+            _ => path
+                .processes()
+                .for_each(|p| forwarder::stop(p, STOP_GRACE)),
+        }
+    }
+
+    /// Whether the processes of `record`'s data path run and serve it.
+    pub(super) fn processes_intact(&self, record: &Record) -> bool {
+        match record.path.forwarder {
+            Some(hub) if record.path.hub => self.hub.serves(hub, record.spec.id()),
+            _ => record.processes().all(|p| p.alive()),
+        }
     }
 
     /// Removes the data path and frees the address and records.

@@ -5,7 +5,7 @@
 //! A pidfd becomes readable when the process exits, and cannot be fooled by PID reuse.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,6 +49,12 @@ impl PidWatch {
     /// The pidfd, readable once the process has exited (for an async reactor).
     pub fn into_fd(self) -> OwnedFd {
         self.fd
+    }
+}
+
+impl AsFd for PidWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -1,0 +1,419 @@
+//! The bubble's shared tap forwarder: one thread moves the frames of every tap endpoint of
+//! the bubble, so a frame that crosses the bridge from one endpoint to another is read by
+//! the same thread that just wrote it, without a wake-up of another process. On a VM a
+//! wake-up costs about as much as a whole round trip over a veth pair; a per-container
+//! forwarder pays two per round trip that the hub does not.
+//!
+//! hpk-netd hands each endpoint over on the hub's control socket (SOCK_SEQPACKET, the two
+//! tap fds attached with SCM_RIGHTS); the hub forwards until the container exits (a pidfd
+//! per endpoint), hpk-netd removes the endpoint, or one of its taps fails. A failing
+//! endpoint is dropped alone. The hub exits once it serves no endpoint; hpk-netd starts a
+//! new one for the next.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{
+    accept4, recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::tap_pump::drain;
+use crate::sys::pidwatch::PidWatch;
+use crate::sys::process::start_time;
+use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
+
+/// Largest control message (JSON).
+const MAX_REQUEST: usize = 4096;
+
+/// A request on the hub's control socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HubRequest {
+    /// Serve the two taps attached (container side, then bubble side) for endpoint `id`,
+    /// until process `pid` (started at `start`, in clock ticks after boot) exits.
+    Add { id: String, pid: i32, start: u64 },
+    /// Stop serving `id`: its taps are closed, which removes them.
+    Remove { id: String },
+    /// The endpoints served.
+    List,
+}
+
+/// The hub's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HubReply {
+    Done,
+    Ids { ids: Vec<String> },
+    Error { message: String },
+}
+
+/// Sends one message with `fds` attached on a SOCK_SEQPACKET socket.
+pub fn send_message(socket: BorrowedFd, message: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(message)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message and the fds attached to it (at most two).
+pub fn receive_message(socket: BorrowedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these fds for us.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let (len, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
+    if truncated {
+        return Err(nix::errno::Errno::EMSGSIZE);
+    }
+    buf.truncate(len);
+    Ok((buf, fds))
+}
+
+/// One endpoint the hub serves.
+struct Pair {
+    id: String,
+    container: Tap,
+    bubble: Tap,
+    watch: PidWatch,
+}
+
+/// What an epoll event is about: bits 0-1 the role, the rest the slot.
+const ROLE_CONTAINER: u64 = 0;
+const ROLE_BUBBLE: u64 = 1;
+const ROLE_EXIT: u64 = 2;
+const CONTROL: u64 = u64::MAX;
+
+fn token(slot: usize, role: u64) -> u64 {
+    ((slot as u64) << 2) | role
+}
+
+struct Hub {
+    epoll: Epoll,
+    control: OwnedFd,
+    slots: Vec<Option<Pair>>,
+    by_id: HashMap<String, usize>,
+    /// Endpoints ever served: the hub stays until the first arrives.
+    served: usize,
+}
+
+impl Hub {
+    fn watch(&self, fd: BorrowedFd, token: u64) -> nix::Result<()> {
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+    }
+
+    fn add(&mut self, id: String, pid: i32, start: u64, fds: Vec<OwnedFd>) -> Result<()> {
+        let [container, bubble]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|fds: Vec<OwnedFd>| anyhow!("add needs two tap fds, got {}", fds.len()))?;
+        let container = Tap::from_fd(container).context("container-side fd")?;
+        let bubble = Tap::from_fd(bubble).context("bubble-side fd")?;
+        if container.vnet_hdr() != bubble.vnet_hdr() {
+            bail!("the taps disagree on the virtio-net header");
+        }
+        let watch = PidWatch::open(pid)
+            .with_context(|| format!("container process {pid} is not running"))?;
+        if start_time(pid) != Some(start) {
+            bail!("container process {pid} has exited (its PID belongs to another process)");
+        }
+        for tap in [&container, &bubble] {
+            tap.set_nonblocking(true)?;
+        }
+        self.remove(&id);
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let registered = self
+            .watch(container.as_fd(), token(slot, ROLE_CONTAINER))
+            .and_then(|_| self.watch(bubble.as_fd(), token(slot, ROLE_BUBBLE)))
+            .and_then(|_| self.watch(watch.as_fd(), token(slot, ROLE_EXIT)));
+        if let Err(e) = registered {
+            for fd in [container.as_fd(), bubble.as_fd(), watch.as_fd()] {
+                let _ = self.epoll.delete(fd);
+            }
+            bail!("cannot watch the taps: {e}");
+        }
+        info!(
+            id,
+            container = container.name(),
+            bubble = bubble.name(),
+            pid,
+            "serving"
+        );
+        self.by_id.insert(id.clone(), slot);
+        self.slots[slot] = Some(Pair {
+            id,
+            container,
+            bubble,
+            watch,
+        });
+        self.served += 1;
+        Ok(())
+    }
+
+    /// Stops serving `id`; its taps close with the pair.
+    fn remove(&mut self, id: &str) -> bool {
+        let Some(slot) = self.by_id.remove(id) else {
+            return false;
+        };
+        if let Some(pair) = self.slots[slot].take() {
+            for fd in [
+                pair.container.as_fd(),
+                pair.bubble.as_fd(),
+                pair.watch.as_fd(),
+            ] {
+                let _ = self.epoll.delete(fd);
+            }
+        }
+        true
+    }
+
+    fn answer(&mut self, request: &[u8], fds: Vec<OwnedFd>) -> HubReply {
+        let request: HubRequest = match serde_json::from_slice(request) {
+            Ok(r) => r,
+            Err(e) => {
+                return HubReply::Error {
+                    message: format!("not a hub request: {e}"),
+                }
+            }
+        };
+        match request {
+            HubRequest::Add { id, pid, start } => match self.add(id.clone(), pid, start, fds) {
+                Ok(()) => HubReply::Done,
+                Err(e) => HubReply::Error {
+                    message: format!("{id}: {e:#}"),
+                },
+            },
+            HubRequest::Remove { id } => {
+                if self.remove(&id) {
+                    info!(id, "removed");
+                }
+                HubReply::Done
+            }
+            HubRequest::List => HubReply::Ids {
+                ids: self.by_id.keys().cloned().collect(),
+            },
+        }
+    }
+
+    /// Answers every pending connection: one request each.
+    fn serve_control(&mut self) {
+        loop {
+            let conn = match accept4(self.control.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 just returned this fd.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    warn!(error = %e, "control socket");
+                    return;
+                }
+            };
+            // A client that connects and says nothing must not stall the frames.
+            let _ = setsockopt(
+                &conn,
+                sockopt::ReceiveTimeout,
+                &timeval(Duration::from_secs(1)),
+            );
+            let reply = match receive_message(conn.as_fd()) {
+                Ok((request, fds)) => self.answer(&request, fds),
+                Err(e) => HubReply::Error {
+                    message: format!("cannot read the request: {e}"),
+                },
+            };
+            let text = serde_json::to_vec(&reply).expect("replies serialize");
+            let _ = send_message(conn.as_fd(), &text, &[]);
+        }
+    }
+
+    /// Moves the frames queued on one side of `slot`; drops the endpoint if a tap failed.
+    fn forward(&mut self, slot: usize, role: u64, buf: &mut [u8]) -> usize {
+        let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
+            return 0;
+        };
+        let moved = match role {
+            ROLE_CONTAINER => drain(&pair.container, &pair.bubble, buf),
+            ROLE_BUBBLE => drain(&pair.bubble, &pair.container, buf),
+            _ => {
+                let id = pair.id.clone();
+                info!(
+                    id,
+                    pid = pair.watch.pid(),
+                    "container exited; removing its taps"
+                );
+                self.remove(&id);
+                return 0;
+            }
+        };
+        match moved {
+            Ok(n) => n,
+            Err(stopped) => {
+                let id = pair.id.clone();
+                warn!(id, "{stopped}; dropping the endpoint");
+                self.remove(&id);
+                0
+            }
+        }
+    }
+}
+
+fn timeval(d: Duration) -> nix::sys::time::TimeVal {
+    nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _)
+}
+
+/// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
+/// none is left. After traffic it keeps polling for `busy_poll`, yielding the CPU to
+/// whatever else is runnable, before it sleeps: the reply to a frame then finds it awake.
+pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
+    nix::fcntl::fcntl(
+        &control,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .context("control socket")?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+    epoll
+        .add(&control, EpollEvent::new(EpollFlags::EPOLLIN, CONTROL))
+        .context("epoll")?;
+    let mut hub = Hub {
+        epoll,
+        control,
+        slots: Vec::new(),
+        by_id: HashMap::new(),
+        served: 0,
+    };
+    let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
+    let mut events = vec![EpollEvent::empty(); 64];
+    let mut last_frame = Instant::now();
+    loop {
+        let spinning = !busy_poll.is_zero() && last_frame.elapsed() < busy_poll;
+        let timeout = if spinning {
+            EpollTimeout::ZERO
+        } else {
+            EpollTimeout::NONE
+        };
+        let n = match hub.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("epoll: {e}"),
+        };
+        let mut moved = 0;
+        for event in &events[..n] {
+            match event.data() {
+                CONTROL => hub.serve_control(),
+                t => moved += hub.forward((t >> 2) as usize, t & 3, &mut buf),
+            }
+        }
+        if hub.served > 0 && hub.by_id.is_empty() {
+            info!("no endpoint left; exiting");
+            return Ok(());
+        }
+        if moved > 0 {
+            last_frame = Instant::now();
+        } else if spinning {
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{
+        bind, connect, listen, socket, AddressFamily, Backlog, SockType, UnixAddr,
+    };
+
+    fn call(path: &std::path::Path, request: &[u8], fds: &[RawFd]) -> HubReply {
+        let conn = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        connect(conn.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+        send_message(conn.as_fd(), request, fds).unwrap();
+        let (answer, _) = receive_message(conn.as_fd()).unwrap();
+        serde_json::from_slice(&answer).unwrap()
+    }
+
+    /// Bad requests get an answer that says what is wrong, and the hub serves on.
+    #[test]
+    fn bad_requests_are_answered_and_leave_the_hub_serving() {
+        let dir = std::env::temp_dir().join(format!("hpk-hub-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hub.sock");
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        listen(&listener, Backlog::new(8).unwrap()).unwrap();
+        std::thread::spawn(move || serve(listener, Duration::ZERO));
+
+        let error = |reply: HubReply| match reply {
+            HubReply::Error { message } => message,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert!(error(call(&path, b"{\"op\":\"fly\"}", &[])).contains("not a hub request"));
+        assert!(error(call(&path, b"\xff\x00", &[])).contains("not a hub request"));
+        let add = |pid: i32| {
+            serde_json::to_vec(&HubRequest::Add {
+                id: "c1".into(),
+                pid,
+                start: start_time(pid).unwrap_or(0),
+            })
+            .unwrap()
+        };
+        let me = std::process::id() as i32;
+        assert!(error(call(&path, &add(me), &[])).contains("needs two tap fds, got 0"));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let message = error(call(&path, &add(me), &[r.as_raw_fd(), w.as_raw_fd()]));
+        assert!(message.contains("container-side fd"), "{message}");
+        assert_eq!(
+            call(&path, br#"{"op":"remove","id":"nobody"}"#, &[]),
+            HubReply::Done
+        );
+        assert_eq!(
+            call(&path, br#"{"op":"list"}"#, &[]),
+            HubReply::Ids { ids: vec![] }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

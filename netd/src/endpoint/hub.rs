@@ -1,0 +1,161 @@
+//! hpk-netd's side of the bubble's shared tap forwarder ([`crate::datapath::hub`]): it is
+//! started when a tap endpoint needs it, given each endpoint's taps, and told to drop
+//! them. It runs in its own session, so it outlives hpk-netd restarts, and exits by itself
+//! when it serves no endpoint.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::socket::{
+    bind, connect, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    UnixAddr,
+};
+use tracing::{debug, info};
+
+use super::forwarder;
+use crate::datapath::args::NetDaemonArgs;
+use crate::datapath::hub::{receive_message, send_message, HubReply, HubRequest};
+use crate::sys::process::ProcId;
+use crate::sys::tap::Tap;
+
+/// How long the hub gets to answer one request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct HubClient {
+    daemon: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    /// The hub as far as we know; the lock also keeps two hubs from being started at once.
+    current: Mutex<Option<ProcId>>,
+}
+
+impl HubClient {
+    pub fn new(state_dir: &Path, daemon: &Path) -> HubClient {
+        HubClient {
+            daemon: daemon.to_owned(),
+            socket: state_dir.join("hub.sock"),
+            log: state_dir.join("hub.log"),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// Hands the taps of endpoint `id` (whose container is `container`) to the hub,
+    /// starting one if none runs; returns the hub.
+    pub fn add(&self, id: &str, container: ProcId, taps: [Tap; 2]) -> Result<ProcId> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let request = HubRequest::Add {
+            id: id.to_owned(),
+            pid: container.pid,
+            start: container.start,
+        };
+        let fds = [taps[0].as_raw_fd(), taps[1].as_raw_fd()];
+        // A hub whose last endpoint just went exits without answering: start another.
+        let mut last_error = None;
+        for _ in 0..2 {
+            let hub = match *current {
+                Some(hub) if hub.alive() => hub,
+                _ => *current.insert(self.start()?),
+            };
+            match self.call(&request, &fds) {
+                Ok(HubReply::Done) => return Ok(hub),
+                Ok(HubReply::Error { message }) => {
+                    bail!("the bubble's tap forwarder refused the endpoint: {message}")
+                }
+                Ok(other) => bail!("the bubble's tap forwarder answered {other:?}"),
+                Err(e) => {
+                    debug!(id, error = %format!("{e:#}"), "hub did not answer; starting another");
+                    *current = None;
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("no hub")))
+            .context("cannot reach the bubble's tap forwarder")
+    }
+
+    /// Tells the hub to drop endpoint `id` (its taps go); a hub that is gone took them.
+    pub fn remove(&self, hub: ProcId, id: &str) {
+        if !hub.alive() {
+            return;
+        }
+        if let Err(e) = self.call(&HubRequest::Remove { id: id.to_owned() }, &[]) {
+            debug!(id, error = %format!("{e:#}"), "hub remove");
+        }
+    }
+
+    /// Whether `hub` runs and serves `id` (after a restart); a running hub becomes ours.
+    pub fn serves(&self, hub: ProcId, id: &str) -> bool {
+        if !hub.alive() {
+            return false;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match self.call(&HubRequest::List, &[]) {
+            Ok(HubReply::Ids { ids }) => {
+                *current = Some(hub);
+                ids.iter().any(|i| i == id)
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts a hub on a fresh listening socket, which it inherits: requests can be sent
+    /// at once, they wait in the backlog until it runs.
+    fn start(&self) -> Result<ProcId> {
+        let listener = self.listen().with_context(|| {
+            format!(
+                "cannot make the hub's control socket {}",
+                self.socket.display()
+            )
+        })?;
+        let hub = forwarder::spawn(
+            &self.daemon,
+            vec![listener],
+            |fds| NetDaemonArgs::hub(fds[0]),
+            &self.log,
+        )?;
+        info!(pid = hub.pid, "started the bubble's tap forwarder");
+        Ok(hub)
+    }
+
+    fn listen(&self) -> Result<OwnedFd> {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let _ = std::fs::remove_file(&self.socket);
+        // Only root (hpk-netd) may hand taps over: the file is made private before use.
+        let addr = UnixAddr::new(&self.socket)?;
+        bind(fd.as_raw_fd(), &addr)?;
+        std::fs::set_permissions(
+            &self.socket,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        listen(&fd, Backlog::new(64)?)?;
+        Ok(fd)
+    }
+
+    fn call(&self, request: &HubRequest, fds: &[i32]) -> Result<HubReply> {
+        let conn = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        connect(conn.as_raw_fd(), &UnixAddr::new(&self.socket)?)
+            .with_context(|| format!("connect {}", self.socket.display()))?;
+        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
+        setsockopt(&conn, sockopt::ReceiveTimeout, &timeout)?;
+        let text = serde_json::to_vec(request).expect("requests serialize");
+        send_message(conn.as_fd(), &text, fds).context("send")?;
+        let (answer, _) = receive_message(conn.as_fd()).context("receive")?;
+        if answer.is_empty() {
+            bail!("the hub closed the connection without an answer");
+        }
+        serde_json::from_slice(&answer).map_err(|e| anyhow!("the hub's answer is garbled: {e}"))
+    }
+}
