@@ -148,7 +148,7 @@ for mtu in $mtus; do
             bytes=$(jq '.end.sum_received.bytes' <<<"$out")
             gbps[$m]+=" $(awk -v b="$bits" 'BEGIN{printf "%.3f", b/1e9}')"
             cpu[$m]+=" $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v by="$bytes" 'BEGIN{printf "%.3f", (t/hz)/(by/1e9)}')"
-            rtt[$m]+=" $(ip netns exec "$p-$m-c1" ping -q -c 20 -i 0.01 198.18.20.3 | awk -F/ '/^rtt/{print $5}')"
+            rtt[$m]+=" $(ip netns exec "$p-$m-c1" ping -q -c 50 -i 0.01 198.18.20.3 | awk -F/ '/^rtt/{print $5}')"
         done
     done
     ref_g=$(median ${gbps[veth]}) ref_r=$(median ${rtt[veth]})

@@ -197,6 +197,14 @@ impl Hub {
             ] {
                 let _ = self.epoll.delete(fd);
             }
+            // Closing a tap unregisters its device, which waits for the kernel (RCU, tens
+            // of milliseconds on a VM): not on the thread that moves everyone's frames.
+            // Taps closed at once are also unregistered in one batch. (Should the thread
+            // not start, the pair is dropped, and its taps closed, right here.)
+            let closer = std::thread::Builder::new().name("close".into());
+            if let Err(e) = closer.spawn(move || drop(pair)) {
+                warn!(error = %e, "cannot start a thread to close the taps");
+            }
         }
         true
     }

@@ -30,6 +30,9 @@ pub struct HubClient {
     log: PathBuf,
     /// The hub as far as we know; the lock also keeps two hubs from being started at once.
     current: Mutex<Option<ProcId>>,
+    /// Hubs we started that may have exited since: ours to reap (a hub exits on its own
+    /// when its last endpoint goes, with nobody watching it any more).
+    started: Mutex<Vec<i32>>,
 }
 
 impl HubClient {
@@ -39,7 +42,20 @@ impl HubClient {
             socket: state_dir.join("hub.sock"),
             log: state_dir.join("hub.log"),
             current: Mutex::new(None),
+            started: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Reaps the hubs we started that have exited.
+    fn reap_exited(&self) {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        started.retain(|&pid| {
+            let status = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            matches!(status, Ok(nix::sys::wait::WaitStatus::StillAlive))
+        });
     }
 
     /// Hands the taps of endpoint `id` (whose container is `container`) to the hub,
@@ -78,6 +94,7 @@ impl HubClient {
 
     /// Tells the hub to drop endpoint `id` (its taps go); a hub that is gone took them.
     pub fn remove(&self, hub: ProcId, id: &str) {
+        self.reap_exited();
         if !hub.alive() {
             return;
         }
@@ -104,6 +121,7 @@ impl HubClient {
     /// Starts a hub on a fresh listening socket, which it inherits: requests can be sent
     /// at once, they wait in the backlog until it runs.
     fn start(&self) -> Result<ProcId> {
+        self.reap_exited();
         let listener = self.listen().with_context(|| {
             format!(
                 "cannot make the hub's control socket {}",
@@ -117,6 +135,10 @@ impl HubClient {
             &self.log,
         )?;
         info!(pid = hub.pid, "started the bubble's tap forwarder");
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hub.pid);
         Ok(hub)
     }
 
