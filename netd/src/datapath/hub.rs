@@ -22,7 +22,7 @@ use nix::sys::socket::{
     SockFlag,
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::tap_pump::drain;
 use crate::sys::pidwatch::PidWatch;
@@ -98,6 +98,8 @@ pub fn receive_message(socket: BorrowedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>
     Ok((buf, fds))
 }
 
+// Per-endpoint events are logged at debug: the hub's log lives as long as the bubble.
+
 /// One endpoint the hub serves.
 struct Pair {
     id: String,
@@ -166,7 +168,7 @@ impl Hub {
             }
             bail!("cannot watch the taps: {e}");
         }
-        info!(
+        debug!(
             id,
             container = container.name(),
             bubble = bubble.name(),
@@ -227,7 +229,7 @@ impl Hub {
             },
             HubRequest::Remove { id } => {
                 if self.remove(&id) {
-                    info!(id, "removed");
+                    debug!(id, "removed");
                 }
                 HubReply::Done
             }
@@ -277,7 +279,7 @@ impl Hub {
             ROLE_BUBBLE => drain(&pair.bubble, &pair.container, buf),
             _ => {
                 let id = pair.id.clone();
-                info!(
+                debug!(
                     id,
                     pid = pair.watch.pid(),
                     "container exited; removing its taps"

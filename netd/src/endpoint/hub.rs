@@ -21,6 +21,9 @@ use crate::datapath::hub::{receive_message, send_message, HubReply, HubRequest};
 use crate::sys::process::ProcId;
 use crate::sys::tap::Tap;
 
+/// The hub's log is started afresh beyond this size.
+const MAX_LOG: u64 = 1 << 20;
+
 /// How long the hub gets to answer one request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -122,6 +125,10 @@ impl HubClient {
     /// at once, they wait in the backlog until it runs.
     fn start(&self) -> Result<ProcId> {
         self.reap_exited();
+        // Every hub appends to one log; it lives as long as the bubble: keep it bounded.
+        if std::fs::metadata(&self.log).is_ok_and(|m| m.len() > MAX_LOG) {
+            let _ = std::fs::remove_file(&self.log);
+        }
         let listener = self.listen().with_context(|| {
             format!(
                 "cannot make the hub's control socket {}",
