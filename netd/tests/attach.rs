@@ -277,21 +277,33 @@ fn netd_restart_keeps_traffic_flowing() {
         after.iter().map(key).collect::<Vec<_>>(),
         "endpoints were not adopted unchanged"
     );
-    // A forwarder killed behind netd's back is rebuilt with the same address.
-    let victim = after[0].forwarder_pid;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL);
-    wait_until(
-        "the forwarder to be restarted",
-        Duration::from_secs(10),
-        || {
-            s.host
-                .netd()
-                .status()
-                .endpoints
-                .iter()
-                .all(|e| e.forwarder_pid != victim)
-        },
+    // The restarted hpk-netd took the running hub over: a new container joins it.
+    let hub = after[0].forwarder_pid;
+    assert!(after
+        .iter()
+        .all(|e| e.forwarder_pid == hub && e.shared_forwarder));
+    let c3 = s.host.runc.run("r3", &s.host.bundle).unwrap();
+    assert_eq!(
+        s.host.forwarders(),
+        [hub, hub, hub],
+        "r3 did not join the hub"
     );
+    assert!(
+        c3.ping(&a2.to_string()),
+        "r3 cannot reach r2 through the hub"
+    );
+    c3.stop();
+    // A hub killed behind netd's back is rebuilt, with every endpoint's address.
+    let victim = hub;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL);
+    wait_until("the hub to be restarted", Duration::from_secs(10), || {
+        s.host
+            .netd()
+            .status()
+            .endpoints
+            .iter()
+            .all(|e| e.forwarder_pid != victim)
+    });
     assert!(
         c1.ping(&a2.to_string()),
         "no traffic after the forwarder restart"
