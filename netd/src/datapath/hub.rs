@@ -7,8 +7,8 @@
 //! hpk-netd hands each endpoint over on the hub's control socket (SOCK_SEQPACKET, the two
 //! tap fds attached with SCM_RIGHTS); the hub forwards until the container exits (a pidfd
 //! per endpoint), hpk-netd removes the endpoint, or one of its taps fails. A failing
-//! endpoint is dropped alone. The hub exits once it serves no endpoint; hpk-netd starts a
-//! new one for the next.
+//! endpoint is dropped alone. The hub exits once it has served no endpoint for
+//! [`LINGER`]; hpk-netd starts a new one for the next.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -31,6 +31,10 @@ use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
 
 /// Largest control message (JSON).
 const MAX_REQUEST: usize = 4096;
+
+/// How long the hub stays once its last endpoint is gone: containers started one after
+/// another then find it running instead of waiting for a new one to start (~2 ms).
+pub const LINGER: Duration = Duration::from_secs(5);
 
 /// A request on the hub's control socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,8 +309,9 @@ fn timeval(d: Duration) -> nix::sys::time::TimeVal {
 }
 
 /// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
-/// none is left. After traffic it keeps polling for `busy_poll`, yielding the CPU to
-/// whatever else is runnable, before it sleeps: the reply to a frame then finds it awake.
+/// none has been left for [`LINGER`]. After traffic it keeps polling for `busy_poll`,
+/// yielding the CPU to whatever else is runnable, before it sleeps: the reply to a frame
+/// then finds it awake.
 pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
     nix::fcntl::fcntl(
         &control,
@@ -327,12 +332,14 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut events = vec![EpollEvent::empty(); 64];
     let mut last_frame = Instant::now();
+    let mut empty_since: Option<Instant> = None;
     loop {
         let spinning = !busy_poll.is_zero() && last_frame.elapsed() < busy_poll;
-        let timeout = if spinning {
-            EpollTimeout::ZERO
-        } else {
-            EpollTimeout::NONE
+        let timeout = match (spinning, empty_since) {
+            (true, _) => EpollTimeout::ZERO,
+            (false, Some(since)) => EpollTimeout::try_from(LINGER.saturating_sub(since.elapsed()))
+                .unwrap_or(EpollTimeout::ZERO),
+            (false, None) => EpollTimeout::NONE,
         };
         let n = match hub.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -347,8 +354,13 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
             }
         }
         if hub.served > 0 && hub.by_id.is_empty() {
-            info!("no endpoint left; exiting");
-            return Ok(());
+            let since = *empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= LINGER {
+                info!("no endpoint left; exiting");
+                return Ok(());
+            }
+        } else {
+            empty_since = None;
         }
         if moved > 0 {
             last_frame = Instant::now();

@@ -1,7 +1,7 @@
 //! hpk-netd's side of the bubble's shared tap forwarder ([`crate::datapath::hub`]): it is
 //! started when a tap endpoint needs it, given each endpoint's taps, and told to drop
 //! them. It runs in its own session, so it outlives hpk-netd restarts, and exits by itself
-//! when it serves no endpoint.
+//! a while after it serves no endpoint.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
