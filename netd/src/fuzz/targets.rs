@@ -151,6 +151,23 @@ fn control_request() {
     });
 }
 
+/// The hub's control requests (from hpk-netd, over a root-only socket): parsed or refused;
+/// what parses says the same once written again.
+#[test]
+fn hub_request() {
+    run("hub_request", Shape::Json, |input| {
+        let Ok(request) = serde_json::from_slice::<crate::datapath::hub::HubRequest>(input) else {
+            return false;
+        };
+        let again = serde_json::to_vec(&request).expect("requests serialize");
+        assert_eq!(
+            serde_json::from_slice::<crate::datapath::hub::HubRequest>(&again).unwrap(),
+            request
+        );
+        true
+    });
+}
+
 /// The OCI state a runtime writes on the hook's stdin, and the annotations in it.
 #[test]
 fn oci_state() {
