@@ -59,7 +59,7 @@ pub fn table(s: &Status) -> String {
     writeln!(out).unwrap();
     writeln!(
         out,
-        "{:<24} {:<16} {:>8} {:<6} {:<16} {:>9} {:>14} {:>14}",
+        "{:<24} {:<16} {:>8} {:<6} {:<16} {:>12} {:>14} {:>14}",
         "CONTAINER",
         "ADDRESS",
         "PID",
@@ -74,7 +74,7 @@ pub fn table(s: &Status) -> String {
         let c = |k: &str| e.counters.get(k).copied().unwrap_or(0);
         writeln!(
             out,
-            "{:<24} {:<16} {:>8} {:<6} {:<16} {:>9} {:>14} {:>14}",
+            "{:<24} {:<16} {:>8} {:<6} {:<16} {:>12} {:>14} {:>14}",
             e.id,
             e.address,
             e.pid,
