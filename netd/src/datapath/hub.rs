@@ -21,12 +21,13 @@ use nix::sys::socket::{
     accept4, recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag,
 };
+use nix::sys::time::{TimeVal, TimeValLike};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::tap_pump::drain;
 use crate::sys::pidwatch::PidWatch;
-use crate::sys::process::start_time;
+use crate::sys::process::ProcId;
 use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
 
 /// Largest control message (JSON).
@@ -127,8 +128,8 @@ struct Hub {
     control: OwnedFd,
     slots: Vec<Option<Pair>>,
     by_id: HashMap<String, usize>,
-    /// Endpoints ever served: the hub stays until the first arrives.
-    served: usize,
+    /// Whether an endpoint was ever served: until the first arrives the hub stays.
+    served: bool,
 }
 
 impl Hub {
@@ -146,11 +147,9 @@ impl Hub {
         if container.vnet_hdr() != bubble.vnet_hdr() {
             bail!("the taps disagree on the virtio-net header");
         }
-        let watch = PidWatch::open(pid)
-            .with_context(|| format!("container process {pid} is not running"))?;
-        if start_time(pid) != Some(start) {
-            bail!("container process {pid} has exited (its PID belongs to another process)");
-        }
+        let watch = ProcId { pid, start }.watch().ok_or_else(|| {
+            anyhow!("container process {pid} has exited (the container stopped while it was being attached)")
+        })?;
         for tap in [&container, &bubble] {
             tap.set_nonblocking(true)?;
         }
@@ -186,7 +185,7 @@ impl Hub {
             bubble,
             watch,
         });
-        self.served += 1;
+        self.served = true;
         Ok(())
     }
 
@@ -257,11 +256,7 @@ impl Hub {
                 }
             };
             // A client that connects and says nothing must not stall the frames.
-            let _ = setsockopt(
-                &conn,
-                sockopt::ReceiveTimeout,
-                &timeval(Duration::from_secs(1)),
-            );
+            let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &TimeVal::seconds(1));
             let reply = match receive_message(conn.as_fd()) {
                 Ok((request, fds)) => self.answer(&request, fds),
                 Err(e) => HubReply::Error {
@@ -304,10 +299,6 @@ impl Hub {
     }
 }
 
-fn timeval(d: Duration) -> nix::sys::time::TimeVal {
-    nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _)
-}
-
 /// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
 /// none has been left for [`LINGER`]. After traffic it keeps polling for `busy_poll`,
 /// yielding the CPU to whatever else is runnable, before it sleeps: the reply to a frame
@@ -327,7 +318,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
         control,
         slots: Vec::new(),
         by_id: HashMap::new(),
-        served: 0,
+        served: false,
     };
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut events = vec![EpollEvent::empty(); 64];
@@ -353,7 +344,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
                 t => moved += hub.forward((t >> 2) as usize, t & 3, &mut buf),
             }
         }
-        if hub.served > 0 && hub.by_id.is_empty() {
+        if hub.served && hub.by_id.is_empty() {
             let since = *empty_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= LINGER {
                 info!("no endpoint left; exiting");
@@ -373,6 +364,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::process::start_time;
     use nix::sys::socket::{
         bind, connect, listen, socket, AddressFamily, Backlog, SockType, UnixAddr,
     };

@@ -22,7 +22,7 @@ enum Event {
     Signal(Signal),
     Stopped(PumpStopped),
     ContainerExited(i32),
-    /// The hub serves no endpoint any more (or failed).
+    /// The hub has served no endpoint for a while, or failed.
     HubDone(Result<()>),
 }
 
@@ -79,7 +79,6 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
             let control =
                 unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             let busy_poll = std::time::Duration::from_micros(cli.busy_poll_us);
-            let done = done.clone();
             info!("hub serving");
             std::thread::Builder::new()
                 .name("hub".into())

@@ -52,8 +52,9 @@ pub(super) fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpS
 /// Forwards between `a` and `b` in both directions on the calling thread until a tap
 /// fails. Each wake-up drains only the taps `poll` named, so a lone frame costs a poll, a
 /// read, a write and the read that finds the queue empty. After traffic it keeps polling
-/// for `busy_poll` before it sleeps: a reply that comes back within that time finds the
-/// forwarder awake, which saves a wake-up (tens of microseconds on a VM) per hop.
+/// for `busy_poll`, yielding the CPU on each empty poll, before it sleeps: a reply that
+/// comes back within that time finds the forwarder awake, which saves a wake-up (tens of
+/// microseconds on a VM) per hop.
 pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration) -> PumpStopped {
     for tap in [a, b] {
         if let Err(error) = tap.set_nonblocking(true) {

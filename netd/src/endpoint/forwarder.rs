@@ -69,10 +69,16 @@ pub fn spawn(
     // The Child handle is dropped without waiting: exits are noticed by pidfd and reaped
     // with `reap`, also for forwarders adopted after a restart.
     drop(child);
-    ProcId::of(pid).filter(ProcId::alive).ok_or_else(|| {
-        let said = std::fs::read_to_string(log).unwrap_or_default();
-        anyhow!("forwarder {pid} exited at once: {}", said.trim())
-    })
+    ProcId::of(pid)
+        .filter(ProcId::alive)
+        .ok_or_else(|| anyhow!("forwarder {pid} exited at once: {}", log_tail(log)))
+}
+
+/// The last lines of a forwarder's log, joined (a log may be shared, as the hub's is).
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// Stops a forwarder: SIGTERM, then SIGKILL after `grace`. Returns once it is gone and,

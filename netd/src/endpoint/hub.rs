@@ -13,6 +13,7 @@ use nix::sys::socket::{
     bind, connect, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
     UnixAddr,
 };
+use nix::sys::time::{TimeVal, TimeValLike};
 use tracing::{debug, info};
 
 use super::forwarder;
@@ -47,6 +48,11 @@ impl HubClient {
             current: Mutex::new(None),
             started: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Where every hub logs.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Reaps the hubs we started that have exited.
@@ -177,7 +183,7 @@ impl HubClient {
         )?;
         connect(conn.as_raw_fd(), &UnixAddr::new(&self.socket)?)
             .with_context(|| format!("connect {}", self.socket.display()))?;
-        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
+        let timeout = TimeVal::seconds(ANSWER_TIMEOUT.as_secs() as i64);
         setsockopt(&conn, sockopt::ReceiveTimeout, &timeout)?;
         let text = serde_json::to_vec(request).expect("requests serialize");
         send_message(conn.as_fd(), &text, fds).context("send")?;

@@ -88,7 +88,7 @@ impl Endpoints {
             }
             restarts += 1;
             last_restart = Instant::now();
-            let tail = self.forwarder_log_tail(&id);
+            let tail = self.forwarder_log_tail(&record);
             if restarts > MAX_RESTARTS {
                 error!(
                     id,

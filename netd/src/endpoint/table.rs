@@ -462,11 +462,14 @@ impl Endpoints {
         matches!(self.slots.lock().unwrap().get(id), Some(Slot::Ready { stop: s, .. }) if Arc::ptr_eq(s, stop))
     }
 
-    /// The last lines a forwarder logged, for netd's own log (its file goes with it).
-    pub(super) fn forwarder_log_tail(&self, id: &str) -> String {
-        let text = std::fs::read_to_string(self.store.log_path(id)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().rev().take(3).collect();
-        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    /// The last lines the forwarder of `record` logged (its own log, or the hub's), for
+    /// netd's own log.
+    pub(super) fn forwarder_log_tail(&self, record: &Record) -> String {
+        if record.path.hub {
+            forwarder::log_tail(self.hub.log_path())
+        } else {
+            forwarder::log_tail(&self.store.log_path(record.spec.id()))
+        }
     }
 
     /// The records of every endpoint that is serving or leaving, for status.
