@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
     iproute2 iptables nftables iputils-ping procps util-linux   # kernel networking tools
     ethtool                                                     # tests: NIC-like veths
-    iperf3 jq shellcheck                                        # benchmarks, test checks, script lint
+    iperf3 sockperf jq shellcheck                               # benchmarks, test checks, script lint
     busybox-static runc crun                                    # nested containers in tests
     skopeo umoci docker-registry podman                         # hpktainer: images, registry, Podman tests
     mmdebstrap                                                  # make images' test: a local Debian base

@@ -5,19 +5,27 @@
 # (original and extended framing), in one run, alternating methods each round.
 # Prints medians and the ratio to veth. Figures only: nothing here passes or fails.
 #
-#   scripts/bench/datapath.sh [-r ROUNDS] [-t SECONDS] [-m "1500 9000 65520"]
+# Latency is measured twice: the kernel answering pings sent 10 ms apart (every frame finds
+# the forwarders asleep), and two processes exchanging UDP requests and replies back to
+# back (sockperf ping-pong, as an RPC or MPI exchange does), with the forwarders' CPU per
+# thousand exchanges.
+#
+#   scripts/bench/datapath.sh [-r ROUNDS] [-t SECONDS] [-m "1500 9000 65520"] [-M "METHODS"]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rounds=3 secs=3 mtus="1500 9000 65520"
-while getopts "r:t:m:" opt; do
+methods="veth netd-veth netd-tap netd-tap-own tap tap-nopoll sock-orig sock-ext"
+while getopts "r:t:m:M:" opt; do
     case $opt in
     r) rounds=$OPTARG ;;
     t) secs=$OPTARG ;;
     m) mtus=$OPTARG ;;
-    *) echo "usage: $0 [-r ROUNDS] [-t SECONDS] [-m MTUS]" >&2; exit 2 ;;
+    M) methods=veth  # the reference is always measured
+       for m in $OPTARG; do [ "$m" = veth ] || methods+=" $m"; done ;;
+    *) echo "usage: $0 [-r ROUNDS] [-t SECONDS] [-m MTUS] [-M METHODS]" >&2; exit 2 ;;
     esac
 done
 
@@ -25,7 +33,6 @@ daemon=$(bench_binary hpk-net-daemon)
 netd=$(bench_binary hpk-netd)
 hook=$(bench_binary hpk-hook)
 p=hb$(printf '%04x' $((RANDOM)))
-methods="veth netd-veth netd-tap netd-tap-own tap tap-nopoll sock-orig sock-ext"
 declare -A pids=()   # method -> daemon pids
 
 cleanup() {
@@ -101,6 +108,8 @@ setup() {
     wait_for "$m path ready" ip netns exec "$p-$m-c1" ping -c1 -W1 198.18.20.3
     ip netns exec "$p-$m-c2" iperf3 -s -D -I "/tmp/$p-$m.iperf.pid" >/dev/null
     pids[$m]+=" $(wait_for_file "/tmp/$p-$m.iperf.pid")"
+    ip netns exec "$p-$m-c2" sockperf server -i 198.18.20.3 >/dev/null 2>&1 &
+    pids[$m]+=" $!"
 }
 
 teardown() {
@@ -124,21 +133,25 @@ daemon_cpu() {
 
 printf '\nhpk-net-daemon data path, container to container through a bridge\n'
 printf '%s rounds x %ss iperf3 TCP, medians; kernel %s, %s cores\n\n' "$rounds" "$secs" "$(uname -r)" "$(nproc)"
-printf '%-7s %-12s %10s %8s %10s %8s %10s %9s %9s\n' MTU method Gbit/s x_veth RTT_ms x_veth CPUs/GB RSS_KiB PrivKiB
+row='%-6s %-12s %7s %6s %7s %6s %7s %6s %8s %7s %8s %8s\n'
+# shellcheck disable=SC2059 # the format is the table's
+printf "$row" MTU method Gbit/s x_veth RTT_ms x_veth RR_ms x_veth CPUs/GB CPUs/kRR RSS_KiB PrivKiB
 for mtu in $mtus; do
     for m in $methods; do setup "$m" "$mtu"; done
     # Sanity: hpk-netd built the endpoints each method names: kind, and one hub for both
     # tap endpoints or a forwarder each.
+    has() { case " $methods " in *" $1 "*) ;; *) return 1 ;; esac; }
     for m in netd-veth netd-tap netd-tap-own; do
+        has "$m" || continue
         want=${m#netd-} want=${want%-own}
         got=$("$netd" status --socket "/tmp/$p-$m/netd.sock" --json |
             jq -r '[.endpoints[].kind] | unique | join(",")' 2>/dev/null || echo none)
         [ "$got" = "$want" ] || echo "WARNING: $m: hpk-netd's endpoints are $got, not $want" >&2
     done
     n_fwd() { "$netd" status --socket "/tmp/$p-$1/netd.sock" --json | jq '[.endpoints[].forwarder_pid] | unique | length'; }
-    [ "$(n_fwd netd-tap)" = 1 ] || echo "WARNING: netd-tap's two endpoints do not share one hub" >&2
-    [ "$(n_fwd netd-tap-own)" = 2 ] || echo "WARNING: netd-tap-own's endpoints do not have a forwarder each" >&2
-    declare -A gbps=() rtt=() cpu=()
+    ! has netd-tap || [ "$(n_fwd netd-tap)" = 1 ] || echo "WARNING: netd-tap's two endpoints do not share one hub" >&2
+    ! has netd-tap-own || [ "$(n_fwd netd-tap-own)" = 2 ] || echo "WARNING: netd-tap-own's endpoints do not have a forwarder each" >&2
+    declare -A gbps=() rtt=() cpu=() rr=() rrcpu=()
     for r in $(seq "$rounds"); do
         for m in $methods; do
             c0=$(daemon_cpu "$m")
@@ -149,23 +162,35 @@ for mtu in $mtus; do
             gbps[$m]+=" $(awk -v b="$bits" 'BEGIN{printf "%.3f", b/1e9}')"
             cpu[$m]+=" $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v by="$bytes" 'BEGIN{printf "%.3f", (t/hz)/(by/1e9)}')"
             rtt[$m]+=" $(ip netns exec "$p-$m-c1" ping -q -c 50 -i 0.01 198.18.20.3 | awk -F/ '/^rtt/{print $5}')"
+            c0=$(daemon_cpu "$m")
+            out=$(ip netns exec "$p-$m-c1" sockperf ping-pong -i 198.18.20.3 -t "$secs" 2>&1)
+            c1=$(daemon_cpu "$m")
+            # sockperf reports half the round trip; its percentiles are per exchange.
+            rr[$m]+=" $(awk '/percentile 50.000/{printf "%.3f", 2 * $NF / 1000}' <<<"$out")"
+            n=$(sed -n 's/.*ReceivedMessages=\([0-9]*\).*/\1/p' <<<"$out")
+            rrcpu[$m]+=" $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN{printf "%.3f", (t/hz)/(n/1000)}')"
         done
     done
-    ref_g=$(median ${gbps[veth]}) ref_r=$(median ${rtt[veth]})
+    ref_g=$(median ${gbps[veth]}) ref_r=$(median ${rtt[veth]}) ref_rr=$(median ${rr[veth]})
     for m in $methods; do
-        g=$(median ${gbps[$m]}) l=$(median ${rtt[$m]})
-        if [ "$m" = veth ] || [ "$m" = netd-veth ]; then c=- rss=- priv=-; else
-            c=$(median ${cpu[$m]})
+        g=$(median ${gbps[$m]}) l=$(median ${rtt[$m]}) q=$(median ${rr[$m]})
+        if [ "$m" = veth ] || [ "$m" = netd-veth ]; then c=- qc=- rss=- priv=-; else
+            c=$(median ${cpu[$m]}) qc=$(median ${rrcpu[$m]})
             read -r rss priv < <(daemon_memory ${pids[$m]})
         fi
-        printf '%-7s %-12s %10s %8s %10s %8s %10s %9s %9s\n' "$mtu" "$m" "$g" \
-            "$(ratio "$g" "$ref_g")" "$l" "$(ratio "$l" "$ref_r")" "$c" "$rss" "$priv"
+        # shellcheck disable=SC2059
+        printf "$row" "$mtu" "$m" "$g" "$(ratio "$g" "$ref_g")" "$l" "$(ratio "$l" "$ref_r")" \
+            "$q" "$(ratio "$q" "$ref_rr")" "$c" "$qc" "$rss" "$priv"
     done
     for m in $methods; do teardown "$m"; done
 done
 cat <<EOF
 
 x_veth: throughput and RTT as a multiple of the veth pair's in the same round set.
+RTT_ms: pings 10 ms apart, answered by the kernel; RR_ms: median round trip of UDP
+requests and replies between two processes, back to back (sockperf ping-pong), where the
+forwarders' polling after traffic finds the next request; CPUs/kRR: the forwarders' CPU
+seconds per thousand such exchanges.
 CPUs/GB: CPU seconds of all forwarders on the path per GB moved (veth: in the kernel).
 RSS_KiB: largest resident set of one forwarder; PrivKiB: its private dirty memory, the
 part that really grows with the number of containers (code and libc pages are shared).

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use hpk_hook::proto::{EndpointStatus, LeaseStatus, PeerStatus, Status, UnderlayStatus};
 
 use super::Daemon;
+use crate::datapath::shortcut::ShortcutCounters;
 use crate::endpoint::store::Record;
 use crate::subnet::etcd::lease::format_mac;
 use crate::subnet::etcd::vxlan::Vtep;
@@ -18,11 +19,18 @@ pub fn status(daemon: &Daemon) -> Status {
     let links = Netlink::open()
         .and_then(|mut nl| nl.links())
         .unwrap_or_default();
-    let mut endpoints: Vec<EndpointStatus> = daemon
-        .endpoints
-        .records()
+    let records = daemon.endpoints.records();
+    let shortcut = if records.iter().any(|r| r.path.hub) {
+        daemon.endpoints.shortcut_counters()
+    } else {
+        BTreeMap::new()
+    };
+    let mut endpoints: Vec<EndpointStatus> = records
         .into_iter()
-        .map(|r| endpoint_status(r, &links))
+        .map(|r| {
+            let past_bridge = shortcut.get(r.spec.id()).copied().unwrap_or_default();
+            endpoint_status(r, &links, past_bridge)
+        })
         .collect();
     endpoints.sort_by_key(|e| e.address);
     let (lease, peers) = daemon.overlay.as_ref().map(overlay).unwrap_or_default();
@@ -45,15 +53,34 @@ pub fn status(daemon: &Daemon) -> Status {
     }
 }
 
-fn endpoint_status(r: Record, links: &[LinkSummary]) -> EndpointStatus {
+/// `past_bridge`: what the bubble's hub moved between this container and another of its
+/// own without the bridge (so without the bubble tap's counting it).
+fn endpoint_status(
+    r: Record,
+    links: &[LinkSummary],
+    past_bridge: ShortcutCounters,
+) -> EndpointStatus {
     let att = &r.spec.attachment;
     let mut counters = BTreeMap::new();
     if let Some(l) = links.iter().find(|l| l.name == att.bubble_tap) {
         // The bubble tap transmits what goes to the container.
-        counters.insert("to_container_bytes".into(), l.stats.tx_bytes);
-        counters.insert("to_container_frames".into(), l.stats.tx_packets);
-        counters.insert("from_container_bytes".into(), l.stats.rx_bytes);
-        counters.insert("from_container_frames".into(), l.stats.rx_packets);
+        let p = past_bridge;
+        counters.insert(
+            "to_container_bytes".into(),
+            l.stats.tx_bytes + p.to_container_bytes,
+        );
+        counters.insert(
+            "to_container_frames".into(),
+            l.stats.tx_packets + p.to_container_frames,
+        );
+        counters.insert(
+            "from_container_bytes".into(),
+            l.stats.rx_bytes + p.from_container_bytes,
+        );
+        counters.insert(
+            "from_container_frames".into(),
+            l.stats.rx_packets + p.from_container_frames,
+        );
     }
     EndpointStatus {
         id: att.id.clone(),

@@ -9,9 +9,13 @@
 //! per endpoint), hpk-netd removes the endpoint, or one of its taps fails. A failing
 //! endpoint is dropped alone. The hub exits once it has served no endpoint for
 //! [`LINGER`]; hpk-netd starts a new one for the next.
+//!
+//! A frame from one of its containers to another that the bridge would only forward, the
+//! hub hands over itself ([`super::shortcut`]), and counts it: the bridge never sees it.
 
-use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,9 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::tap_pump::drain;
+use super::shortcut::{self, Identity, ShortcutCounters};
+use super::tap_pump::{drain, BURST};
+use super::{frame_lost, PumpStopped};
 use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::ProcId;
 use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
@@ -42,12 +48,22 @@ pub const LINGER: Duration = Duration::from_secs(5);
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum HubRequest {
     /// Serve the two taps attached (container side, then bubble side) for endpoint `id`,
-    /// until process `pid` (started at `start`, in clock ticks after boot) exits.
-    Add { id: String, pid: i32, start: u64 },
+    /// until process `pid` (started at `start`, in clock ticks after boot) exits. With
+    /// the container's `identity`, frames between it and the hub's other containers
+    /// skip the bridge.
+    Add {
+        id: String,
+        pid: i32,
+        start: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<Identity>,
+    },
     /// Stop serving `id`: its taps are closed, which removes them.
     Remove { id: String },
     /// The endpoints served.
     List,
+    /// What each endpoint moved past the bridge.
+    Counters,
 }
 
 /// The hub's answer.
@@ -55,8 +71,15 @@ pub enum HubRequest {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum HubReply {
     Done,
-    Ids { ids: Vec<String> },
-    Error { message: String },
+    Ids {
+        ids: Vec<String>,
+    },
+    Counters {
+        endpoints: BTreeMap<String, ShortcutCounters>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Sends one message with `fds` attached on a SOCK_SEQPACKET socket.
@@ -111,6 +134,8 @@ struct Pair {
     container: Tap,
     bubble: Tap,
     watch: PidWatch,
+    identity: Option<Identity>,
+    shortcut: Cell<ShortcutCounters>,
 }
 
 /// What an epoll event is about: bits 0-1 the role, the rest the slot.
@@ -128,6 +153,8 @@ struct Hub {
     control: OwnedFd,
     slots: Vec<Option<Pair>>,
     by_id: HashMap<String, usize>,
+    /// Slots of the endpoints with an identity, by their container's MAC.
+    by_mac: HashMap<[u8; 6], usize>,
     /// Whether an endpoint was ever served: until the first arrives the hub stays.
     served: bool,
 }
@@ -138,7 +165,14 @@ impl Hub {
             .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
     }
 
-    fn add(&mut self, id: String, pid: i32, start: u64, fds: Vec<OwnedFd>) -> Result<()> {
+    fn add(
+        &mut self,
+        id: String,
+        pid: i32,
+        start: u64,
+        identity: Option<Identity>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<()> {
         let [container, bubble]: [OwnedFd; 2] = fds
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| anyhow!("add needs two tap fds, got {}", fds.len()))?;
@@ -179,11 +213,21 @@ impl Hub {
             "serving"
         );
         self.by_id.insert(id.clone(), slot);
+        if let Some(identity) = identity {
+            if let Some(other) = self.by_mac.insert(identity.mac, slot) {
+                warn!(
+                    id,
+                    other, "two endpoints claim one MAC; the newer gets its frames"
+                );
+            }
+        }
         self.slots[slot] = Some(Pair {
             id,
             container,
             bubble,
             watch,
+            identity,
+            shortcut: Cell::default(),
         });
         self.served = true;
         Ok(())
@@ -195,6 +239,11 @@ impl Hub {
             return false;
         };
         if let Some(pair) = self.slots[slot].take() {
+            if let Some(identity) = pair.identity {
+                if self.by_mac.get(&identity.mac) == Some(&slot) {
+                    self.by_mac.remove(&identity.mac);
+                }
+            }
             for fd in [
                 pair.container.as_fd(),
                 pair.bubble.as_fd(),
@@ -224,7 +273,12 @@ impl Hub {
             }
         };
         match request {
-            HubRequest::Add { id, pid, start } => match self.add(id.clone(), pid, start, fds) {
+            HubRequest::Add {
+                id,
+                pid,
+                start,
+                identity,
+            } => match self.add(id.clone(), pid, start, identity, fds) {
                 Ok(()) => HubReply::Done,
                 Err(e) => HubReply::Error {
                     message: format!("{id}: {e:#}"),
@@ -238,6 +292,14 @@ impl Hub {
             }
             HubRequest::List => HubReply::Ids {
                 ids: self.by_id.keys().cloned().collect(),
+            },
+            HubRequest::Counters => HubReply::Counters {
+                endpoints: self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.id.clone(), p.shortcut.get()))
+                    .collect(),
             },
         }
     }
@@ -274,7 +336,7 @@ impl Hub {
             return 0;
         };
         let moved = match role {
-            ROLE_CONTAINER => drain(&pair.container, &pair.bubble, buf),
+            ROLE_CONTAINER => self.forward_from_container(slot, pair, buf),
             ROLE_BUBBLE => drain(&pair.bubble, &pair.container, buf),
             _ => {
                 let id = pair.id.clone();
@@ -297,6 +359,85 @@ impl Hub {
             }
         }
     }
+
+    /// Moves the frames queued on `pair`'s container tap: to another container of the
+    /// hub's straight where [`shortcut`] allows, otherwise into the bridge.
+    fn forward_from_container(
+        &self,
+        slot: usize,
+        pair: &Pair,
+        buf: &mut [u8],
+    ) -> Result<usize, PumpStopped> {
+        let header = if pair.container.vnet_hdr() {
+            VNET_HDR_LEN
+        } else {
+            0
+        };
+        let mut moved = 0;
+        while moved < BURST {
+            let n = match pair.container.read_frame(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    return Err(PumpStopped {
+                        tap: pair.container.name().to_owned(),
+                        error,
+                    })
+                }
+            };
+            moved += 1;
+            let frame = &buf[..n];
+            match self.shortcut_to(slot, pair, frame.get(header..).unwrap_or_default()) {
+                Some(to) => {
+                    // A destination that fails is its own pair's to notice; the frame is
+                    // lost as the bridge would lose it.
+                    match to.container.write_frame(frame) {
+                        Ok(_) => {
+                            let bytes = (n - header) as u64;
+                            count(&pair.shortcut, |c| {
+                                c.from_container_frames += 1;
+                                c.from_container_bytes += bytes;
+                            });
+                            count(&to.shortcut, |c| {
+                                c.to_container_frames += 1;
+                                c.to_container_bytes += bytes;
+                            });
+                        }
+                        Err(e) => debug!(to = to.id, error = %e, "frame dropped"),
+                    }
+                }
+                None => match pair.bubble.write_frame(frame) {
+                    Ok(_) => {}
+                    Err(e) if frame_lost(&e) => {
+                        debug!(from = pair.id, error = %e, "frame dropped");
+                    }
+                    Err(error) => {
+                        return Err(PumpStopped {
+                            tap: pair.bubble.name().to_owned(),
+                            error,
+                        })
+                    }
+                },
+            }
+        }
+        Ok(moved)
+    }
+
+    /// The other endpoint of the hub's that `frame` from `pair` (at `slot`) may go to
+    /// straight, with the same virtio-net header.
+    fn shortcut_to(&self, slot: usize, pair: &Pair, frame: &[u8]) -> Option<&Pair> {
+        let mac = shortcut::destination(frame, pair.identity.as_ref()?)?;
+        let to = *self.by_mac.get(&mac)?;
+        let to = self.slots.get(to)?.as_ref().filter(|_| to != slot)?;
+        (to.container.vnet_hdr() == pair.container.vnet_hdr()).then_some(to)
+    }
+}
+
+fn count(counters: &Cell<ShortcutCounters>, add: impl FnOnce(&mut ShortcutCounters)) {
+    let mut c = counters.get();
+    add(&mut c);
+    counters.set(c);
 }
 
 /// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
@@ -318,6 +459,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
         control,
         slots: Vec::new(),
         by_id: HashMap::new(),
+        by_mac: HashMap::new(),
         served: false,
     };
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
@@ -412,6 +554,7 @@ mod tests {
                 id: "c1".into(),
                 pid,
                 start: start_time(pid).unwrap_or(0),
+                identity: None,
             })
             .unwrap()
         };

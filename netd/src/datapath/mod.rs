@@ -6,6 +6,7 @@ pub mod args;
 pub mod framing;
 pub mod hub;
 pub mod run;
+pub mod shortcut;
 pub mod socket;
 pub mod tap_pump;
 

@@ -15,7 +15,7 @@ use crate::sys::poll;
 use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
 
 /// Frames moved in one direction before the other gets its turn.
-const BURST: usize = 32;
+pub(super) const BURST: usize = 32;
 
 /// Moves up to [`BURST`] queued frames from `from` to `to`; returns how many it read.
 pub(super) fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpStopped> {

@@ -3,6 +3,7 @@
 //! them. It runs in its own session, so it outlives hpk-netd restarts, and exits by itself
 //! a while after it serves no endpoint.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,6 +20,7 @@ use tracing::{debug, info};
 use super::forwarder;
 use crate::datapath::args::NetDaemonArgs;
 use crate::datapath::hub::{receive_message, send_message, HubReply, HubRequest};
+use crate::datapath::shortcut::{Identity, ShortcutCounters};
 use crate::sys::process::ProcId;
 use crate::sys::tap::Tap;
 
@@ -67,14 +69,21 @@ impl HubClient {
         });
     }
 
-    /// Hands the taps of endpoint `id` (whose container is `container`) to the hub,
-    /// starting one if none runs; returns the hub.
-    pub fn add(&self, id: &str, container: ProcId, taps: [Tap; 2]) -> Result<ProcId> {
+    /// Hands the taps of endpoint `id` (whose container is `container`, its interface
+    /// `identity`) to the hub, starting one if none runs; returns the hub.
+    pub fn add(
+        &self,
+        id: &str,
+        container: ProcId,
+        identity: Identity,
+        taps: [Tap; 2],
+    ) -> Result<ProcId> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let request = HubRequest::Add {
             id: id.to_owned(),
             pid: container.pid,
             start: container.start,
+            identity: Some(identity),
         };
         let fds = [taps[0].as_raw_fd(), taps[1].as_raw_fd()];
         // A hub whose last endpoint just went exits without answering: start another.
@@ -124,6 +133,25 @@ impl HubClient {
                 ids.iter().any(|i| i == id)
             }
             _ => false,
+        }
+    }
+
+    /// What the running hub moved past the bridge, per endpoint (none without a hub).
+    pub fn counters(&self) -> BTreeMap<String, ShortcutCounters> {
+        let current = *self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match current {
+            Some(hub) if hub.alive() => match self.call(&HubRequest::Counters, &[]) {
+                Ok(HubReply::Counters { endpoints }) => endpoints,
+                Ok(other) => {
+                    debug!(?other, "hub counters");
+                    BTreeMap::new()
+                }
+                Err(e) => {
+                    debug!(error = %format!("{e:#}"), "hub counters");
+                    BTreeMap::new()
+                }
+            },
+            _ => BTreeMap::new(),
         }
     }
 

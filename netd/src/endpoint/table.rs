@@ -20,6 +20,7 @@ use super::{bubble_tap_name, netns_of, validate_id, EndpointSpec};
 use crate::bubble::antispoof;
 use crate::bubble::ipam::Ipam;
 use crate::datapath::args::{Mode, NetDaemonArgs};
+use crate::datapath::shortcut::{Identity, ShortcutCounters};
 use crate::subnet::SubnetEnv;
 use crate::sys::process::ProcId;
 
@@ -148,7 +149,14 @@ impl Endpoints {
                     pid: spec.pid,
                     start: spec.pid_start,
                 };
-                let hub = self.hub.add(spec.id(), owner, [container, bubble])?;
+                let address = spec.attachment.address;
+                let identity = Identity {
+                    mac: build::container_mac(address),
+                    address,
+                };
+                let hub = self
+                    .hub
+                    .add(spec.id(), owner, identity, [container, bubble])?;
                 Ok(DataPath {
                     forwarder: Some(hub),
                     client: None,
@@ -487,5 +495,10 @@ impl Endpoints {
 
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
+    }
+
+    /// What the bubble's hub moved between its containers past the bridge, per endpoint.
+    pub fn shortcut_counters(&self) -> std::collections::BTreeMap<String, ShortcutCounters> {
+        self.hub.counters()
     }
 }
