@@ -29,6 +29,12 @@ fn tap_endpoints_with_a_forwarder_each_reach_each_other_and_the_outside() {
     reach_each_other_and_the_outside(&["--endpoint", "tap", "--tap-hub", "false"], "tap");
 }
 
+/// With the hub's shortcut off every frame crosses the bridge (captures, filters there).
+#[test]
+fn tap_endpoints_on_a_hub_without_its_shortcut_reach_each_other_over_the_bridge() {
+    reach_each_other_and_the_outside(&["--endpoint", "tap", "--hub-shortcut", "false"], "tap");
+}
+
 #[test]
 fn socket_endpoints_get_addresses_reach_each_other_and_the_outside() {
     reach_each_other_and_the_outside(&["--endpoint", "socket"], "socket");
@@ -100,12 +106,14 @@ fn daemons_on(sock: &std::path::Path, with: &str) -> Vec<i32> {
 /// Two containers on hpk-netd started with `flags`, whose endpoints are of `kind`.
 fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     let s = Site::flannel_with("10.244.3.1/24", flags);
-    let hub = kind == "tap" && !flags.contains(&"false");
+    let off = |flag: &str| flags.windows(2).any(|w| w == [flag, "false"]);
+    let hub = kind == "tap" && !off("--tap-hub");
+    let shortcut = hub && !off("--hub-shortcut");
     // Ids of their own: runc's cgroups are named after the id, and these tests run at once.
-    let tag = if kind == "tap" && !hub {
-        "tapown"
-    } else {
-        kind
+    let tag = match (kind, hub, shortcut) {
+        ("tap", false, _) => "tapown",
+        ("tap", true, false) => "tapbr",
+        _ => kind,
     };
     let (id1, id2) = (format!("{tag}1"), format!("{tag}2"));
     let c1 = s.host.runc.run(&id1, &s.host.bundle).expect("c1 starts");
@@ -159,8 +167,8 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
         Arc::new(AtomicBool::new(true)),
     )
     .check();
-    // The hub hands the stream from one of its containers to the other past the bridge;
-    // status counts it all the same.
+    // The hub hands the stream from one of its containers to the other past the bridge
+    // (unless told not to); status counts it all the same.
     let status = s.host.netd().status();
     let counted = |key: &str| -> u64 { status.endpoints.iter().map(|e| e.counters[key]).sum() };
     let bridged: u64 = status
@@ -170,7 +178,7 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
         .sum();
     assert!(counted("from_container_bytes") >= 4 << 20, "{status:?}");
     assert!(counted("to_container_bytes") >= 4 << 20, "{status:?}");
-    if hub {
+    if shortcut {
         assert!(bridged < 1 << 20, "{bridged} bytes crossed the bridge");
     } else {
         assert!(

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// hpk-net-daemon (false).
     #[arg(long, env = "HPK_NETD_TAP_HUB", value_name = "BOOL")]
     tap_hub: Option<bool>,
+    /// The hub hands frames between two of its containers straight over (true), or
+    /// every frame crosses the bridge (false: for captures or filters on the bridge).
+    #[arg(long, env = "HPK_NETD_HUB_SHORTCUT", value_name = "BOOL")]
+    hub_shortcut: Option<bool>,
     /// Let containers send only from their own MAC and address (nftables).
     #[arg(long, env = "HPK_NETD_ANTISPOOF", value_name = "BOOL")]
     antispoof: Option<bool>,
@@ -130,6 +134,7 @@ impl RunArgs {
         set!(container_tap <- self.container_tap);
         set!(endpoint <- self.endpoint);
         set!(tap_hub <- self.tap_hub);
+        set!(hub_shortcut <- self.hub_shortcut);
         set!(antispoof <- self.antispoof);
         set!(net_daemon <- self.net_daemon);
         set!(subnet.subnet_file <- self.subnet_file);

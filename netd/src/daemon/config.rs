@@ -199,6 +199,9 @@ pub struct Config {
     /// Tap endpoints share one forwarder per bubble, the hub (fewer wake-ups per round
     /// trip, no process per container); false: one hpk-net-daemon per container.
     pub tap_hub: bool,
+    /// The hub hands a frame between two of its containers straight over when the bridge
+    /// would only forward it; false: every frame crosses the bridge.
+    pub hub_shortcut: bool,
     /// Containers may send only from their own MAC and address (nftables, bridge family).
     pub antispoof: bool,
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
@@ -219,6 +222,7 @@ impl Default for Config {
             container_tap: "tap0".into(),
             endpoint: EndpointKind::Auto,
             tap_hub: true,
+            hub_shortcut: true,
             antispoof: true,
             net_daemon: String::new(),
             subnet: SubnetConfig::default(),

@@ -105,6 +105,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
             net_daemon: cfg.net_daemon_path(),
             endpoint: cfg.endpoint,
             tap_hub: cfg.tap_hub,
+            hub_shortcut: cfg.hub_shortcut,
             antispoof: cfg.antispoof,
         },
         ipam,

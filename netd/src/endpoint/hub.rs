@@ -70,12 +70,12 @@ impl HubClient {
     }
 
     /// Hands the taps of endpoint `id` (whose container is `container`, its interface
-    /// `identity`) to the hub, starting one if none runs; returns the hub.
+    /// `identity`, if frames may skip the bridge) to the hub, starting one if none runs; returns the hub.
     pub fn add(
         &self,
         id: &str,
         container: ProcId,
-        identity: Identity,
+        identity: Option<Identity>,
         taps: [Tap; 2],
     ) -> Result<ProcId> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,7 +83,7 @@ impl HubClient {
             id: id.to_owned(),
             pid: container.pid,
             start: container.start,
-            identity: Some(identity),
+            identity,
         };
         let fds = [taps[0].as_raw_fd(), taps[1].as_raw_fd()];
         // A hub whose last endpoint just went exits without answering: start another.

@@ -53,6 +53,8 @@ pub struct Settings {
     pub endpoint: EndpointKind,
     /// Tap endpoints are served by the bubble's hub, not a forwarder each.
     pub tap_hub: bool,
+    /// The hub may hand frames between its containers straight over.
+    pub hub_shortcut: bool,
     /// Guard each endpoint's bridge port against spoofed MACs and addresses.
     pub antispoof: bool,
 }
@@ -149,11 +151,12 @@ impl Endpoints {
                     pid: spec.pid,
                     start: spec.pid_start,
                 };
+                // Without an identity the hub sends all the endpoint's frames to the bridge.
                 let address = spec.attachment.address;
-                let identity = Identity {
+                let identity = self.settings.hub_shortcut.then(|| Identity {
                     mac: build::container_mac(address),
                     address,
-                };
+                });
                 let hub = self
                     .hub
                     .add(spec.id(), owner, identity, [container, bubble])?;
