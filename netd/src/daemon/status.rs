@@ -64,23 +64,18 @@ fn endpoint_status(
     let mut counters = BTreeMap::new();
     if let Some(l) = links.iter().find(|l| l.name == att.bubble_tap) {
         // The bubble tap transmits what goes to the container.
-        let p = past_bridge;
-        counters.insert(
-            "to_container_bytes".into(),
-            l.stats.tx_bytes + p.to_container_bytes,
-        );
-        counters.insert(
-            "to_container_frames".into(),
-            l.stats.tx_packets + p.to_container_frames,
-        );
-        counters.insert(
-            "from_container_bytes".into(),
-            l.stats.rx_bytes + p.from_container_bytes,
-        );
-        counters.insert(
-            "from_container_frames".into(),
-            l.stats.rx_packets + p.from_container_frames,
-        );
+        let (s, p) = (&l.stats, past_bridge);
+        for (key, value) in [
+            ("to_container_bytes", s.tx_bytes + p.to_container_bytes),
+            ("to_container_frames", s.tx_packets + p.to_container_frames),
+            ("from_container_bytes", s.rx_bytes + p.from_container_bytes),
+            (
+                "from_container_frames",
+                s.rx_packets + p.from_container_frames,
+            ),
+        ] {
+            counters.insert(key.to_owned(), value);
+        }
     }
     EndpointStatus {
         id: att.id.clone(),
