@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::shortcut::{self, Identity, ShortcutCounters};
-use super::tap_pump::{drain, BURST};
-use super::{frame_lost, PumpStopped};
+use super::tap_pump::{drain, drain_with, write_or_drop};
+use super::PumpStopped;
 use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::ProcId;
 use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
@@ -373,55 +373,29 @@ impl Hub {
         } else {
             0
         };
-        let mut moved = 0;
-        while moved < BURST {
-            let n = match pair.container.read_frame(buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    return Err(PumpStopped {
-                        tap: pair.container.name().to_owned(),
-                        error,
-                    })
-                }
+        drain_with(&pair.container, buf, |frame| {
+            let Some(to) = self.shortcut_to(slot, pair, frame.get(header..).unwrap_or_default())
+            else {
+                return write_or_drop(pair.container.name(), &pair.bubble, frame);
             };
-            moved += 1;
-            let frame = &buf[..n];
-            match self.shortcut_to(slot, pair, frame.get(header..).unwrap_or_default()) {
-                Some(to) => {
-                    // A destination that fails is its own pair's to notice; the frame is
-                    // lost as the bridge would lose it.
-                    match to.container.write_frame(frame) {
-                        Ok(_) => {
-                            let bytes = (n - header) as u64;
-                            count(&pair.shortcut, |c| {
-                                c.from_container_frames += 1;
-                                c.from_container_bytes += bytes;
-                            });
-                            count(&to.shortcut, |c| {
-                                c.to_container_frames += 1;
-                                c.to_container_bytes += bytes;
-                            });
-                        }
-                        Err(e) => debug!(to = to.id, error = %e, "frame dropped"),
-                    }
+            // A destination that fails is its own pair's to notice; the frame is lost as
+            // the bridge would lose it.
+            match to.container.write_frame(frame) {
+                Ok(_) => {
+                    let bytes = (frame.len() - header) as u64;
+                    count(&pair.shortcut, |c| {
+                        c.from_container_frames += 1;
+                        c.from_container_bytes += bytes;
+                    });
+                    count(&to.shortcut, |c| {
+                        c.to_container_frames += 1;
+                        c.to_container_bytes += bytes;
+                    });
                 }
-                None => match pair.bubble.write_frame(frame) {
-                    Ok(_) => {}
-                    Err(e) if frame_lost(&e) => {
-                        debug!(from = pair.id, error = %e, "frame dropped");
-                    }
-                    Err(error) => {
-                        return Err(PumpStopped {
-                            tap: pair.bubble.name().to_owned(),
-                            error,
-                        })
-                    }
-                },
+                Err(e) => debug!(to = to.id, error = %e, "frame dropped"),
             }
-        }
-        Ok(moved)
+            Ok(())
+        })
     }
 
     /// The other endpoint of the hub's that `frame` from `pair` (at `slot`) may go to

@@ -15,10 +15,20 @@ use crate::sys::poll;
 use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
 
 /// Frames moved in one direction before the other gets its turn.
-pub(super) const BURST: usize = 32;
+const BURST: usize = 32;
 
 /// Moves up to [`BURST`] queued frames from `from` to `to`; returns how many it read.
 pub(super) fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpStopped> {
+    drain_with(from, buf, |frame| write_or_drop(from.name(), to, frame))
+}
+
+/// Reads up to [`BURST`] queued frames from `from` and hands each to `deliver`; returns
+/// how many it read.
+pub(super) fn drain_with(
+    from: &Tap,
+    buf: &mut [u8],
+    mut deliver: impl FnMut(&[u8]) -> Result<(), PumpStopped>,
+) -> Result<usize, PumpStopped> {
     let mut moved = 0;
     while moved < BURST {
         let n = match from.read_frame(buf) {
@@ -33,20 +43,24 @@ pub(super) fn drain(from: &Tap, to: &Tap, buf: &mut [u8]) -> Result<usize, PumpS
             }
         };
         moved += 1;
-        match to.write_frame(&buf[..n]) {
-            Ok(_) => {}
-            Err(e) if frame_lost(&e) => {
-                debug!(from = from.name(), to = to.name(), error = %e, "frame dropped");
-            }
-            Err(error) => {
-                return Err(PumpStopped {
-                    tap: to.name().to_owned(),
-                    error,
-                })
-            }
-        }
+        deliver(&buf[..n])?;
     }
     Ok(moved)
+}
+
+/// Writes `frame` (read from `from`) to `to`; a frame the tap cannot take is dropped.
+pub(super) fn write_or_drop(from: &str, to: &Tap, frame: &[u8]) -> Result<(), PumpStopped> {
+    match to.write_frame(frame) {
+        Ok(_) => Ok(()),
+        Err(e) if frame_lost(&e) => {
+            debug!(from, to = to.name(), error = %e, "frame dropped");
+            Ok(())
+        }
+        Err(error) => Err(PumpStopped {
+            tap: to.name().to_owned(),
+            error,
+        }),
+    }
 }
 
 /// Forwards between `a` and `b` in both directions on the calling thread until a tap
