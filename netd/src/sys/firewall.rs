@@ -27,6 +27,12 @@ pub trait Firewall: Send + Sync {
 
     /// Whether the chains are in place with their jumps (for periodic checks).
     fn intact(&self, chains: &[Chain]) -> bool;
+
+    /// A number that moves whenever any rule may have changed, where the backend has one:
+    /// while it stands still, rules found intact are intact still.
+    fn generation(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The `iptables-restore --noflush` input that replaces the chains' contents.
@@ -111,6 +117,19 @@ impl Firewall for Iptables {
         Ok(())
     }
 
+    /// iptables-nft's rules live in nftables, whose ruleset has a generation; legacy
+    /// iptables' have none.
+    fn generation(&self) -> Option<u32> {
+        static NFT_BACKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let nft_backed = *NFT_BACKED.get_or_init(|| {
+            iptables(&["--version"])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"))
+        });
+        nft_backed
+            .then(crate::sys::nft_generation::current)
+            .and_then(Result::ok)
+    }
+
     fn intact(&self, chains: &[Chain]) -> bool {
         chains.iter().all(|c| {
             has_jump(c)
@@ -127,21 +146,117 @@ impl Firewall for Iptables {
 /// How often firewall rules are checked and restored.
 const RULE_CHECK: Duration = Duration::from_secs(5);
 
-/// Checks `chains` every few seconds and restores them when something removed them.
+/// Checks `chains` every few seconds and restores them when something removed them. A
+/// check whose ruleset generation has not moved since the rules were last found intact
+/// is skipped: an idle bubble then runs no iptables at all.
 pub async fn keep(firewall: Arc<dyn Firewall>, chains: Vec<Chain>) {
-    let mut tick = tokio::time::interval(RULE_CHECK);
+    keep_every(RULE_CHECK, firewall, chains).await
+}
+
+async fn keep_every(every: Duration, firewall: Arc<dyn Firewall>, chains: Vec<Chain>) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut verified: Option<u32> = None;
     loop {
         tick.tick().await;
         let (fw, c) = (firewall.clone(), chains.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            if !fw.intact(&c) {
-                match fw.apply(&c) {
-                    Ok(()) => tracing::warn!(chains = ?c.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "firewall rules were missing; restored them"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot restore firewall rules"),
-                }
+        let checked = tokio::task::spawn_blocking(move || {
+            // Read before the check: a change during it moves the number again.
+            let generation = fw.generation();
+            if generation.is_some() && generation == verified {
+                return verified;
             }
+            if fw.intact(&c) {
+                return generation;
+            }
+            match fw.apply(&c) {
+                Ok(()) => tracing::warn!(chains = ?c.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "firewall rules were missing; restored them"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot restore firewall rules"),
+            }
+            None
         })
         .await;
+        verified = checked.unwrap_or(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
+
+    /// A firewall that counts: its generation (0: it has none), whether its rules are
+    /// intact, and how often they were checked and applied.
+    #[derive(Default)]
+    struct Counting {
+        generation: AtomicU32,
+        broken: AtomicBool,
+        checks: AtomicUsize,
+        applied: AtomicUsize,
+    }
+
+    impl Firewall for Counting {
+        fn apply(&self, _: &[Chain]) -> Result<()> {
+            self.applied.fetch_add(1, SeqCst);
+            self.broken.store(false, SeqCst);
+            Ok(())
+        }
+        fn intact(&self, _: &[Chain]) -> bool {
+            self.checks.fetch_add(1, SeqCst);
+            !self.broken.load(SeqCst)
+        }
+        fn generation(&self) -> Option<u32> {
+            Some(self.generation.load(SeqCst)).filter(|&g| g != 0)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rules_are_checked_again_only_when_the_generation_moves() {
+        let fw = Arc::new(Counting {
+            generation: AtomicU32::new(1),
+            ..Counting::default()
+        });
+        let every = Duration::from_millis(10);
+        let keeper = tokio::spawn(keep_every(every, fw.clone(), vec![]));
+        let ticks = |n: u32| tokio::time::sleep(every * n);
+        // Waits (at most 10 s: a loaded machine) for what must happen.
+        let until = |what: &'static str, done: &dyn Fn() -> bool| {
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            let ok = loop {
+                if done() {
+                    break true;
+                }
+                if std::time::Instant::now() > end {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            assert!(ok, "{what}");
+        };
+        ticks(10).await;
+        assert_eq!(fw.checks.load(SeqCst), 1, "checked while nothing changed");
+        // Something changed the ruleset, and removed our rules: restored, and checked
+        // again at the next tick whatever the generation says.
+        fw.broken.store(true, SeqCst);
+        fw.generation.store(2, SeqCst);
+        until("restored and checked again", &|| {
+            fw.applied.load(SeqCst) == 1 && fw.checks.load(SeqCst) >= 3
+        });
+        fw.generation.store(3, SeqCst); // (the restore itself moves it)
+        until("checked after the restore", &|| fw.checks.load(SeqCst) >= 4);
+        ticks(3).await;
+        let settled = fw.checks.load(SeqCst);
+        ticks(10).await;
+        assert_eq!(
+            fw.checks.load(SeqCst),
+            settled,
+            "checked while nothing changed"
+        );
+        // A backend without a generation is checked at every tick.
+        fw.generation.store(0, SeqCst);
+        until("checks at every tick", &|| {
+            fw.checks.load(SeqCst) >= settled + 3
+        });
+        keeper.abort();
     }
 }

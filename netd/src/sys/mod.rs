@@ -6,6 +6,7 @@ pub mod firewall;
 pub mod fs;
 pub mod netlink;
 pub mod netns;
+pub mod nft_generation;
 pub mod pidwatch;
 pub mod poll;
 pub mod process;
