@@ -70,7 +70,8 @@ impl HubClient {
     }
 
     /// Hands the taps of endpoint `id` (whose container is `container`, its interface
-    /// `identity`, if frames may skip the bridge) to the hub, starting one if none runs; returns the hub.
+    /// `identity`, if frames may skip the bridge) to the hub, starting one if none runs;
+    /// returns the hub.
     pub fn add(
         &self,
         id: &str,
