@@ -176,6 +176,21 @@ for mtu in $mtus; do
             rrcpu[$m]+=" $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN{printf "%.3f", (t/hz)/(n/1000)}')"
         done
     done
+    # Sanity: the hub handed the traffic between its two containers past the bridge (the
+    # bubble taps saw a sliver of what status counts), the forwarder-each pairs did not.
+    bridged_share() {
+        local st counted bridged=0 port
+        st=$("$netd" status --socket "/tmp/$p-$1/netd.sock" --json)
+        counted=$(jq '[.endpoints[].counters.from_container_bytes] | add' <<<"$st")
+        for port in $(jq -r '.endpoints[].bubble_tap' <<<"$st"); do
+            bridged=$((bridged + $(ip -n "$p-$1-b" -j -s link show dev "$port" | jq '.[0].stats64.rx.bytes')))
+        done
+        awk -v b="$bridged" -v c="$counted" 'BEGIN{ printf "%d", (c > 0 ? 100 * b / c : 100) }'
+    }
+    ! has netd-tap || [ "$(bridged_share netd-tap)" -lt 10 ] ||
+        echo "WARNING: netd-tap's traffic crossed the bridge: the hub did not hand it over" >&2
+    ! has netd-tap-own || [ "$(bridged_share netd-tap-own)" -ge 90 ] ||
+        echo "WARNING: netd-tap-own's traffic did not cross the bridge" >&2
     ref_g=$(median ${gbps[veth]}) ref_r=$(median ${rtt[veth]}) ref_rr=$(median ${rr[veth]})
     ref_p=$(median ${p50[veth]})
     for m in $methods; do
