@@ -19,13 +19,11 @@ pub fn status(daemon: &Daemon) -> Status {
     let links = Netlink::open()
         .and_then(|mut nl| nl.links())
         .unwrap_or_default();
-    let records = daemon.endpoints.records();
-    let shortcut = if records.iter().any(|r| r.path.hub) {
-        daemon.endpoints.shortcut_counters()
-    } else {
-        BTreeMap::new()
-    };
-    let mut endpoints: Vec<EndpointStatus> = records
+    // (Empty without a running hub: then no endpoint has moved frames past the bridge.)
+    let shortcut = daemon.endpoints.shortcut_counters();
+    let mut endpoints: Vec<EndpointStatus> = daemon
+        .endpoints
+        .records()
         .into_iter()
         .map(|r| {
             let past_bridge = shortcut.get(r.spec.id()).copied().unwrap_or_default();

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::shortcut::{self, Identity, ShortcutCounters};
-use super::tap_pump::{drain, drain_with, write_or_drop};
+use super::tap_pump::{drain, drain_with, write_or_drop, BusyPoll};
 use super::PumpStopped;
 use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::ProcId;
@@ -415,9 +415,8 @@ fn count(counters: &Cell<ShortcutCounters>, add: impl FnOnce(&mut ShortcutCounte
 }
 
 /// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
-/// none has been left for [`LINGER`]. After traffic it keeps polling for `busy_poll`,
-/// yielding the CPU to whatever else is runnable, before it sleeps: the reply to a frame
-/// then finds it awake.
+/// none has been left for [`LINGER`]. After traffic it polls for `busy_poll`
+/// ([`BusyPoll`]) before it sleeps.
 pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
     nix::fcntl::fcntl(
         &control,
@@ -438,10 +437,10 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
     };
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut events = vec![EpollEvent::empty(); 64];
-    let mut last_frame = Instant::now();
+    let mut polling = BusyPoll::new(busy_poll);
     let mut empty_since: Option<Instant> = None;
     loop {
-        let spinning = !busy_poll.is_zero() && last_frame.elapsed() < busy_poll;
+        let spinning = polling.spinning();
         let timeout = match (spinning, empty_since) {
             (true, _) => EpollTimeout::ZERO,
             (false, Some(since)) => EpollTimeout::try_from(LINGER.saturating_sub(since.elapsed()))
@@ -469,11 +468,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
         } else {
             empty_since = None;
         }
-        if moved > 0 {
-            last_frame = Instant::now();
-        } else if spinning {
-            std::thread::yield_now();
-        }
+        polling.after(moved, spinning);
     }
 }
 

@@ -63,12 +63,42 @@ pub(super) fn write_or_drop(from: &str, to: &Tap, frame: &[u8]) -> Result<(), Pu
     }
 }
 
+/// Polling after traffic, as every tap forwarder does it: for `window` after the last
+/// frame it polls without sleeping, yielding the CPU on each empty poll, so a reply finds
+/// it awake (a wake-up costs tens of microseconds on a VM); then it sleeps until a frame
+/// comes. A zero window never polls.
+pub(super) struct BusyPoll {
+    window: Duration,
+    last_frame: Instant,
+}
+
+impl BusyPoll {
+    pub(super) fn new(window: Duration) -> BusyPoll {
+        BusyPoll {
+            window,
+            last_frame: Instant::now(),
+        }
+    }
+
+    /// Whether the next poll should not sleep.
+    pub(super) fn spinning(&self) -> bool {
+        !self.window.is_zero() && self.last_frame.elapsed() < self.window
+    }
+
+    /// After a poll made while `spinning` that moved `moved` frames.
+    pub(super) fn after(&mut self, moved: usize, spinning: bool) {
+        if moved > 0 {
+            self.last_frame = Instant::now();
+        } else if spinning {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Forwards between `a` and `b` in both directions on the calling thread until a tap
 /// fails. Each wake-up drains only the taps `poll` named, so a lone frame costs a poll, a
-/// read, a write and the read that finds the queue empty. After traffic it keeps polling
-/// for `busy_poll`, yielding the CPU on each empty poll, before it sleeps: a reply that
-/// comes back within that time finds the forwarder awake, which saves a wake-up (tens of
-/// microseconds on a VM) per hop.
+/// read, a write and the read that finds the queue empty. After traffic it polls for
+/// `busy_poll` ([`BusyPoll`]) before it sleeps.
 pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration) -> PumpStopped {
     for tap in [a, b] {
         if let Err(error) = tap.set_nonblocking(true) {
@@ -79,9 +109,9 @@ pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration) -> PumpStopped {
         }
     }
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
-    let mut last_frame = Instant::now();
+    let mut polling = BusyPoll::new(busy_poll);
     loop {
-        let spinning = !busy_poll.is_zero() && last_frame.elapsed() < busy_poll;
+        let spinning = polling.spinning();
         let ready = match poll::which_readable(
             [a.as_raw_fd(), b.as_raw_fd()],
             if spinning { 0 } else { -1 },
@@ -103,11 +133,7 @@ pub fn forward(a: &Tap, b: &Tap, busy_poll: Duration) -> PumpStopped {
                 }
             }
         }
-        if moved > 0 {
-            last_frame = Instant::now();
-        } else if spinning {
-            std::thread::yield_now();
-        }
+        polling.after(moved, spinning);
     }
 }
 
