@@ -94,7 +94,7 @@ for variant in veth tap tap-own; do
     if [ "$variant" = tap-own ] && [ "${#fwds[@]}" -ne "$count" ]; then echo "WARNING: ${#fwds[@]} forwarders for $count containers" >&2; fi
     fwd_ticks() { local t=0 f; for f in "${fwds[@]}"; do t=$((t + $(cpu_ticks "$f"))); done; echo "$t"; }
     sleep 1
-    # Over two of hpk-netd's 5 s firewall checks.
+    # Over two of hpk-netd's 5 s firewall ticks (the first after the attaches runs a check).
     t0=$(cpu_ticks "$netd_pid") f0=$(fwd_ticks)
     sleep 10
     hz=$(getconf CLK_TCK)
