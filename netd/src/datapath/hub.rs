@@ -331,12 +331,12 @@ impl Hub {
     }
 
     /// Moves the frames queued on one side of `slot`; drops the endpoint if a tap failed.
-    fn forward(&mut self, slot: usize, role: u64, buf: &mut [u8]) -> usize {
+    fn forward(&mut self, slot: usize, role: u64, buf: &mut [u8], answer_buf: &mut [u8]) -> usize {
         let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
             return 0;
         };
         let moved = match role {
-            ROLE_CONTAINER => self.forward_from_container(slot, pair, buf),
+            ROLE_CONTAINER => self.forward_from_container(slot, pair, buf, answer_buf),
             ROLE_BUBBLE => drain(&pair.bubble, &pair.container, buf),
             _ => {
                 let id = pair.id.clone();
@@ -361,51 +361,102 @@ impl Hub {
     }
 
     /// Moves the frames queued on `pair`'s container tap: to another container of the
-    /// hub's straight where [`shortcut`] allows, otherwise into the bridge.
+    /// hub's straight where [`shortcut`] allows, otherwise into the bridge. After each,
+    /// the answer the receiving stack queued meanwhile ([`Hub::pass_answer`]).
     fn forward_from_container(
         &self,
         slot: usize,
         pair: &Pair,
         buf: &mut [u8],
+        answer_buf: &mut [u8],
     ) -> Result<usize, PumpStopped> {
+        drain_with(&pair.container, buf, |frame| {
+            let hop = self.deliver(slot, pair, frame)?;
+            self.pass_answer(hop, answer_buf);
+            Ok(())
+        })
+    }
+
+    /// Writes `frame`, read from `pair`'s container (at `slot`), where it goes.
+    fn deliver(&self, slot: usize, pair: &Pair, frame: &[u8]) -> Result<Hop, PumpStopped> {
         let header = if pair.container.vnet_hdr() {
             VNET_HDR_LEN
         } else {
             0
         };
-        drain_with(&pair.container, buf, |frame| {
-            let Some(to) = self.shortcut_to(slot, pair, frame.get(header..).unwrap_or_default())
-            else {
-                return write_or_drop(pair.container.name(), &pair.bubble, frame);
-            };
-            // A destination that fails is its own pair's to notice; the frame is lost as
-            // the bridge would lose it.
-            match to.container.write_frame(frame) {
-                Ok(_) => {
-                    let bytes = (frame.len() - header) as u64;
-                    count(&pair.shortcut, |c| {
-                        c.from_container_frames += 1;
-                        c.from_container_bytes += bytes;
-                    });
-                    count(&to.shortcut, |c| {
-                        c.to_container_frames += 1;
-                        c.to_container_bytes += bytes;
-                    });
-                }
-                Err(e) => debug!(to = to.id, error = %e, "frame dropped"),
+        let Some((to_slot, to)) =
+            self.shortcut_to(slot, pair, frame.get(header..).unwrap_or_default())
+        else {
+            write_or_drop(pair.container.name(), &pair.bubble, frame)?;
+            return Ok(Hop::Bridge(slot));
+        };
+        // A destination that fails is its own pair's to notice; the frame is lost as the
+        // bridge would lose it.
+        match to.container.write_frame(frame) {
+            Ok(_) => {
+                let bytes = (frame.len() - header) as u64;
+                count(&pair.shortcut, |c| {
+                    c.from_container_frames += 1;
+                    c.from_container_bytes += bytes;
+                });
+                count(&to.shortcut, |c| {
+                    c.to_container_frames += 1;
+                    c.to_container_bytes += bytes;
+                });
             }
-            Ok(())
-        })
+            Err(e) => debug!(to = to.id, error = %e, "frame dropped"),
+        }
+        Ok(Hop::Container(to_slot))
+    }
+
+    /// Writing a frame into a tap runs the receiving stack on the writer's thread: a
+    /// ping's reply or a TCP acknowledgement is queued on the way back before the write
+    /// returns. Passing that answer on at once, one frame, saves the read that finds the
+    /// sender's queue empty and an epoll round before the sender gets it. Anything else,
+    /// and a tap that fails, the event loop finds as usual.
+    fn pass_answer(&self, hop: Hop, buf: &mut [u8]) {
+        match hop {
+            Hop::Container(slot) => {
+                let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
+                    return;
+                };
+                if let Ok(n) = pair.container.read_frame(buf) {
+                    let _ = self.deliver(slot, pair, &buf[..n]);
+                }
+            }
+            Hop::Bridge(slot) => {
+                let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
+                    return;
+                };
+                if let Ok(n) = pair.bubble.read_frame(buf) {
+                    let _ = write_or_drop(pair.bubble.name(), &pair.container, &buf[..n]);
+                }
+            }
+        }
     }
 
     /// The other endpoint of the hub's that `frame` from `pair` (at `slot`) may go to
     /// straight, with the same virtio-net header.
-    fn shortcut_to(&self, slot: usize, pair: &Pair, frame: &[u8]) -> Option<&Pair> {
+    fn shortcut_to(&self, slot: usize, pair: &Pair, frame: &[u8]) -> Option<(usize, &Pair)> {
         let mac = shortcut::destination(frame, pair.identity.as_ref()?)?;
-        let to = *self.by_mac.get(&mac)?;
-        let to = self.slots.get(to)?.as_ref().filter(|_| to != slot)?;
-        (to.container.vnet_hdr() == pair.container.vnet_hdr()).then_some(to)
+        let to_slot = *self.by_mac.get(&mac)?;
+        let to = self
+            .slots
+            .get(to_slot)?
+            .as_ref()
+            .filter(|_| to_slot != slot)?;
+        (to.container.vnet_hdr() == pair.container.vnet_hdr()).then_some((to_slot, to))
     }
+}
+
+/// Where a frame from a container went: the slot of the pair whose tap may hold the
+/// answer.
+#[derive(Clone, Copy)]
+enum Hop {
+    /// Straight into another container's tap.
+    Container(usize),
+    /// Into the bridge, through the sender's own bubble-side tap.
+    Bridge(usize),
 }
 
 fn count(counters: &Cell<ShortcutCounters>, add: impl FnOnce(&mut ShortcutCounters)) {
@@ -436,6 +487,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
         served: false,
     };
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
+    let mut answer_buf = buf.clone();
     let mut events = vec![EpollEvent::empty(); 64];
     let mut polling = BusyPoll::new(busy_poll);
     let mut empty_since: Option<Instant> = None;
@@ -456,7 +508,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
         for event in &events[..n] {
             match event.data() {
                 CONTROL => hub.serve_control(),
-                t => moved += hub.forward((t >> 2) as usize, t & 3, &mut buf),
+                t => moved += hub.forward((t >> 2) as usize, t & 3, &mut buf, &mut answer_buf),
             }
         }
         if hub.served && hub.by_id.is_empty() {
