@@ -415,19 +415,17 @@ impl Hub {
     /// sender's queue empty and an epoll round before the sender gets it. Anything else,
     /// and a tap that fails, the event loop finds as usual.
     fn pass_answer(&self, hop: Hop, buf: &mut [u8]) {
+        let (Hop::Container(slot) | Hop::Bridge(slot)) = hop;
+        let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
         match hop {
-            Hop::Container(slot) => {
-                let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
-                    return;
-                };
+            Hop::Container(_) => {
                 if let Ok(n) = pair.container.read_frame(buf) {
                     let _ = self.deliver(slot, pair, &buf[..n]);
                 }
             }
-            Hop::Bridge(slot) => {
-                let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
-                    return;
-                };
+            Hop::Bridge(_) => {
                 if let Ok(n) = pair.bubble.read_frame(buf) {
                     let _ = write_or_drop(pair.bubble.name(), &pair.container, &buf[..n]);
                 }
