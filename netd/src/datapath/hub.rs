@@ -7,8 +7,9 @@
 //! hpk-netd hands each endpoint over on the hub's control socket (SOCK_SEQPACKET, the two
 //! tap fds attached with SCM_RIGHTS); the hub forwards until the container exits (a pidfd
 //! per endpoint), hpk-netd removes the endpoint, or one of its taps fails. A failing
-//! endpoint is dropped alone. The hub exits once it has served no endpoint for
-//! [`LINGER`]; hpk-netd starts a new one for the next.
+//! endpoint is dropped alone. The hub exits once it has had no endpoint for [`LINGER`],
+//! counted from its start too (a hub whose first endpoint never came does not stay);
+//! hpk-netd starts a new one for the next.
 //!
 //! A frame from one of its containers to another that the bridge would only forward, the
 //! hub hands over itself ([`super::shortcut`]), and counts it: the bridge never sees it.
@@ -155,8 +156,6 @@ struct Hub {
     by_id: HashMap<String, usize>,
     /// Slots of the endpoints with an identity, by their container's MAC.
     by_mac: HashMap<[u8; 6], usize>,
-    /// Whether an endpoint was ever served: until the first arrives the hub stays.
-    served: bool,
 }
 
 impl Hub {
@@ -229,7 +228,6 @@ impl Hub {
             identity,
             shortcut: Cell::default(),
         });
-        self.served = true;
         Ok(())
     }
 
@@ -464,9 +462,9 @@ fn count(counters: &Cell<ShortcutCounters>, add: impl FnOnce(&mut ShortcutCounte
 }
 
 /// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
-/// none has been left for [`LINGER`]. After traffic it polls for `busy_poll`
+/// it has had none for `linger` ([`LINGER`] in hpk-net-daemon). After traffic it polls for `busy_poll`
 /// ([`BusyPoll`]) before it sleeps.
-pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
+pub fn serve(control: OwnedFd, busy_poll: Duration, linger: Duration) -> Result<()> {
     nix::fcntl::fcntl(
         &control,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -482,18 +480,17 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
         slots: Vec::new(),
         by_id: HashMap::new(),
         by_mac: HashMap::new(),
-        served: false,
     };
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut answer_buf = buf.clone();
     let mut events = vec![EpollEvent::empty(); 64];
     let mut polling = BusyPoll::new(busy_poll);
-    let mut empty_since: Option<Instant> = None;
+    let mut empty_since = Some(Instant::now());
     loop {
         let spinning = polling.spinning();
         let timeout = match (spinning, empty_since) {
             (true, _) => EpollTimeout::ZERO,
-            (false, Some(since)) => EpollTimeout::try_from(LINGER.saturating_sub(since.elapsed()))
+            (false, Some(since)) => EpollTimeout::try_from(linger.saturating_sub(since.elapsed()))
                 .unwrap_or(EpollTimeout::ZERO),
             (false, None) => EpollTimeout::NONE,
         };
@@ -509,9 +506,9 @@ pub fn serve(control: OwnedFd, busy_poll: Duration) -> Result<()> {
                 t => moved += hub.forward((t >> 2) as usize, t & 3, &mut buf, &mut answer_buf),
             }
         }
-        if hub.served && hub.by_id.is_empty() {
+        if hub.by_id.is_empty() {
             let since = *empty_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= LINGER {
+            if since.elapsed() >= linger {
                 info!("no endpoint left; exiting");
                 return Ok(());
             }
@@ -544,7 +541,8 @@ mod tests {
         serde_json::from_slice(&answer).unwrap()
     }
 
-    /// Bad requests get an answer that says what is wrong, and the hub serves on.
+    /// Bad requests get an answer that says what is wrong, and the hub serves on; a hub
+    /// that never got an endpoint exits after its linger all the same.
     #[test]
     fn bad_requests_are_answered_and_leave_the_hub_serving() {
         let dir = std::env::temp_dir().join(format!("hpk-hub-{}", std::process::id()));
@@ -560,7 +558,10 @@ mod tests {
         .unwrap();
         bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
         listen(&listener, Backlog::new(8).unwrap()).unwrap();
-        std::thread::spawn(move || serve(listener, Duration::ZERO));
+        let (exited, hub_exit) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exited.send(serve(listener, Duration::ZERO, Duration::from_secs(2)));
+        });
 
         let error = |reply: HubReply| match reply {
             HubReply::Error { message } => message,
@@ -589,6 +590,11 @@ mod tests {
         assert_eq!(
             call(&path, br#"{"op":"list"}"#, &[]),
             HubReply::Ids { ids: vec![] }
+        );
+        let exit = hub_exit.recv_timeout(Duration::from_secs(30));
+        assert!(
+            matches!(exit, Ok(Ok(()))),
+            "a hub without endpoints stays: {exit:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

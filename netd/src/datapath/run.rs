@@ -83,7 +83,11 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
             std::thread::Builder::new()
                 .name("hub".into())
                 .spawn(move || {
-                    let _ = done.send(Event::HubDone(super::hub::serve(control, busy_poll)));
+                    let _ = done.send(Event::HubDone(super::hub::serve(
+                        control,
+                        busy_poll,
+                        super::hub::LINGER,
+                    )));
                 })?;
         }
         Mode::Server | Mode::Client => {
