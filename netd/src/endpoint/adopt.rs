@@ -1,7 +1,7 @@
 //! Adoption after a restart: endpoints a previous hpk-netd left are taken over when their
 //! container still runs, torn down when it does not, and addresses nobody holds are freed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -20,6 +20,7 @@ impl Endpoints {
         let kept = tokio::task::spawn_blocking(move || -> Vec<Record> {
             let mut kept = Vec::new();
             let loaded = svc.store.load_all();
+            let mut hubs = HashMap::new();
             for mut record in loaded.records {
                 let id = record.spec.id().to_owned();
                 let container = ProcId {
@@ -44,7 +45,7 @@ impl Endpoints {
                     continue;
                 }
                 let intact = match record.path.forwarder {
-                    Some(_) => svc.processes_intact(&record),
+                    Some(_) => svc.processes_intact(&record, &mut hubs),
                     None => build::bubble_link_exists(&record.spec.attachment.bubble_tap),
                 };
                 if !intact {

@@ -3,7 +3,7 @@
 //! them. It runs in its own session, so it outlives hpk-netd restarts, and exits by itself
 //! a while after it serves no endpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -122,18 +122,19 @@ impl HubClient {
         }
     }
 
-    /// Whether `hub` runs and serves `id` (after a restart); a running hub becomes ours.
-    pub fn serves(&self, hub: ProcId, id: &str) -> bool {
+    /// The endpoints `hub` serves, if it runs (after a restart); a running hub becomes
+    /// ours.
+    pub fn endpoints(&self, hub: ProcId) -> HashSet<String> {
         if !hub.alive() {
-            return false;
+            return HashSet::new();
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match self.call(&HubRequest::List, &[]) {
             Ok(HubReply::Ids { ids }) => {
                 *current = Some(hub);
-                ids.iter().any(|i| i == id)
+                ids.into_iter().collect()
             }
-            _ => false,
+            _ => HashSet::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! a slot goes through: `Busy` while an attach builds it, `Ready` while it serves, and
 //! `Leaving` while it is torn down in the background.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -406,10 +406,18 @@ impl Endpoints {
         }
     }
 
-    /// Whether the processes of `record`'s data path run and serve it.
-    pub(super) fn processes_intact(&self, record: &Record) -> bool {
+    /// Whether the processes of `record`'s data path run and serve it. `hubs` keeps what
+    /// each hub serves: one question per hub, not one per endpoint.
+    pub(super) fn processes_intact(
+        &self,
+        record: &Record,
+        hubs: &mut HashMap<ProcId, HashSet<String>>,
+    ) -> bool {
         match record.path.forwarder {
-            Some(hub) if record.path.hub => self.hub.serves(hub, record.spec.id()),
+            Some(hub) if record.path.hub => hubs
+                .entry(hub)
+                .or_insert_with(|| self.hub.endpoints(hub))
+                .contains(record.spec.id()),
             _ => record.processes().all(|p| p.alive()),
         }
     }

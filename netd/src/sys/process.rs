@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys::pidwatch::PidWatch;
 
 /// A process, identified by PID and start time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcId {
     pub pid: i32,
     pub start: u64,
