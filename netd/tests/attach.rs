@@ -26,13 +26,33 @@ fn tap_endpoints_get_addresses_reach_each_other_and_the_outside() {
 
 #[test]
 fn tap_endpoints_with_a_forwarder_each_reach_each_other_and_the_outside() {
-    reach_each_other_and_the_outside(&["--endpoint", "tap", "--tap-hub", "false"], "tap");
+    reach_each_other_and_the_outside(
+        &[
+            "--endpoint",
+            "tap",
+            "--tap-hub",
+            "false",
+            "--busy-poll-us",
+            "0",
+        ],
+        "tap",
+    );
 }
 
 /// With the hub's shortcut off every frame crosses the bridge (captures, filters there).
 #[test]
 fn tap_endpoints_on_a_hub_without_its_shortcut_reach_each_other_over_the_bridge() {
-    reach_each_other_and_the_outside(&["--endpoint", "tap", "--hub-shortcut", "false"], "tap");
+    reach_each_other_and_the_outside(
+        &[
+            "--endpoint",
+            "tap",
+            "--hub-shortcut",
+            "false",
+            "--busy-poll-us",
+            "2000",
+        ],
+        "tap",
+    );
 }
 
 #[test]
@@ -142,6 +162,23 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
         .iter()
         .all(|e| e.shared_forwarder);
     assert_eq!(shared, hub);
+    // Tap forwarders poll after traffic as long as hpk-netd was told (100 µs by default).
+    if kind == "tap" {
+        let told = flags
+            .windows(2)
+            .find(|w| w[0] == "--busy-poll-us")
+            .map_or("100", |w| w[1]);
+        for pid in s.host.forwarders() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let polls = args.windows(2).find(|w| w[0] == b"--busy-poll-us");
+            assert_eq!(
+                polls.map(|w| w[1]),
+                Some(told.as_bytes()),
+                "forwarder {pid}"
+            );
+        }
+    }
     let (a1, a2) = (s.host.address_of(&id1), s.host.address_of(&id2));
     assert_ne!(a1, a2);
     let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();

@@ -17,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 rounds=3 secs=3 mtus="1500 9000 65520"
-methods="veth netd-veth netd-tap netd-tap-own tap tap-nopoll sock-orig sock-ext"
+methods="veth netd-veth netd-tap netd-tap-poll netd-tap-own tap tap-nopoll sock-orig sock-ext"
 while getopts "r:t:m:M:" opt; do
     case $opt in
     r) rounds=$OPTARG ;;
@@ -56,12 +56,15 @@ setup() {
     pids[$m]=""
     if [ "${m#netd-}" != "$m" ]; then
         # hpk-netd owns this bubble: its bridge gets .1, containers .2 and .3 in turn.
-        local d=/tmp/$p-$m kind=${m#netd-} hub=true
-        [ "$kind" = tap-own ] && kind=tap hub=false
+        local d=/tmp/$p-$m kind=${m#netd-} hub=true poll=()
+        case $kind in
+        tap-own) kind=tap hub=false ;;
+        tap-poll) kind=tap poll=(--busy-poll-us 20000) ;;  # above the pings' 10 ms gap
+        esac
         rm -rf "$d"; mkdir -p "$d"
         printf 'FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.20.1/24\nFLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n' "$mtu" >"$d/subnet.env"
         ip netns exec "$p-$m-b" "$netd" run --endpoint "$kind" --tap-hub "$hub" --state-dir "$d/state" --socket "$d/netd.sock" \
-            --subnet-file "$d/subnet.env" 2>"$d/netd.log" &
+            --subnet-file "$d/subnet.env" "${poll[@]}" 2>"$d/netd.log" &
         pids[$m]+=" $!"
         wait_for "hpk-netd" test -S "$d/netd.sock"
     else
@@ -133,25 +136,27 @@ daemon_cpu() {
 
 printf '\nhpk-net-daemon data path, container to container through a bridge\n'
 printf '%s rounds x %ss iperf3 TCP, medians; kernel %s, %s cores\n\n' "$rounds" "$secs" "$(uname -r)" "$(nproc)"
-row='%-6s %-12s %7s %6s %7s %6s %7s %6s %7s %6s %8s %8s %8s %8s\n'
+row='%-6s %-13s %7s %6s %7s %6s %7s %6s %7s %6s %8s %8s %8s %8s %8s\n'
 # shellcheck disable=SC2059 # the format is the table's
-printf "$row" MTU method Gbit/s x_veth RTT_ms x_veth p50_ms x_veth RR_ms x_veth CPUs/GB CPUs/kRR RSS_KiB PrivKiB
+printf "$row" MTU method Gbit/s x_veth RTT_ms x_veth p50_ms x_veth RR_ms x_veth CPU%ping CPUs/GB CPUs/kRR RSS_KiB PrivKiB
 for mtu in $mtus; do
     for m in $methods; do setup "$m" "$mtu"; done
     # Sanity: hpk-netd built the endpoints each method names: kind, and one hub for both
     # tap endpoints or a forwarder each.
     has() { case " $methods " in *" $1 "*) ;; *) return 1 ;; esac; }
-    for m in netd-veth netd-tap netd-tap-own; do
+    for m in netd-veth netd-tap netd-tap-poll netd-tap-own; do
         has "$m" || continue
-        want=${m#netd-} want=${want%-own}
+        want=${m#netd-} want=${want%-own} want=${want%-poll}
         got=$("$netd" status --socket "/tmp/$p-$m/netd.sock" --json |
             jq -r '[.endpoints[].kind] | unique | join(",")' 2>/dev/null || echo none)
         [ "$got" = "$want" ] || echo "WARNING: $m: hpk-netd's endpoints are $got, not $want" >&2
     done
     n_fwd() { "$netd" status --socket "/tmp/$p-$1/netd.sock" --json | jq '[.endpoints[].forwarder_pid] | unique | length'; }
-    ! has netd-tap || [ "$(n_fwd netd-tap)" = 1 ] || echo "WARNING: netd-tap's two endpoints do not share one hub" >&2
+    for m in netd-tap netd-tap-poll; do
+        ! has $m || [ "$(n_fwd $m)" = 1 ] || echo "WARNING: $m's two endpoints do not share one hub" >&2
+    done
     ! has netd-tap-own || [ "$(n_fwd netd-tap-own)" = 2 ] || echo "WARNING: netd-tap-own's endpoints do not have a forwarder each" >&2
-    declare -A gbps=() rtt=() p50=() cpu=() rr=() rrcpu=()
+    declare -A gbps=() rtt=() p50=() pingcpu=() cpu=() rr=() rrcpu=()
     for r in $(seq "$rounds"); do
         for m in $methods; do
             c0=$(daemon_cpu "$m")
@@ -163,7 +168,10 @@ for mtu in $mtus; do
             cpu[$m]+=" $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v by="$bytes" 'BEGIN{printf "%.3f", (t/hz)/(by/1e9)}')"
             # ping's mean, and the median ping: the mean of a round moves with a few VM
             # hiccups, the median shows the usual round trip.
+            c0=$(daemon_cpu "$m") t0=$(date +%s%N)
             out=$(ip netns exec "$p-$m-c1" ping -c 100 -i 0.01 198.18.20.3)
+            c1=$(daemon_cpu "$m") t1=$(date +%s%N)
+            pingcpu[$m]+=" $(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v ns=$((t1 - t0)) 'BEGIN{printf "%.1f", 100 * (t/hz) / (ns/1e9)}')"
             rtt[$m]+=" $(awk -F/ '/^rtt/{print $5}' <<<"$out")"
             mapfile -t pings < <(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' <<<"$out")
             p50[$m]+=" $(median "${pings[@]}")"
@@ -187,21 +195,23 @@ for mtu in $mtus; do
         done
         awk -v b="$bridged" -v c="$counted" 'BEGIN{ printf "%d", (c > 0 ? 100 * b / c : 100) }'
     }
-    ! has netd-tap || [ "$(bridged_share netd-tap)" -lt 10 ] ||
-        echo "WARNING: netd-tap's traffic crossed the bridge: the hub did not hand it over" >&2
+    for m in netd-tap netd-tap-poll; do
+        ! has $m || [ "$(bridged_share $m)" -lt 10 ] ||
+            echo "WARNING: $m's traffic crossed the bridge: the hub did not hand it over" >&2
+    done
     ! has netd-tap-own || [ "$(bridged_share netd-tap-own)" -ge 90 ] ||
         echo "WARNING: netd-tap-own's traffic did not cross the bridge" >&2
     ref_g=$(median ${gbps[veth]}) ref_r=$(median ${rtt[veth]}) ref_rr=$(median ${rr[veth]})
     ref_p=$(median ${p50[veth]})
     for m in $methods; do
         g=$(median ${gbps[$m]}) l=$(median ${rtt[$m]}) q=$(median ${rr[$m]}) l50=$(median ${p50[$m]})
-        if [ "$m" = veth ] || [ "$m" = netd-veth ]; then c=- qc=- rss=- priv=-; else
-            c=$(median ${cpu[$m]}) qc=$(median ${rrcpu[$m]})
+        if [ "$m" = veth ] || [ "$m" = netd-veth ]; then pc=- c=- qc=- rss=- priv=-; else
+            pc=$(printf %.1f "$(median ${pingcpu[$m]})") c=$(median ${cpu[$m]}) qc=$(median ${rrcpu[$m]})
             read -r rss priv < <(daemon_memory ${pids[$m]})
         fi
         # shellcheck disable=SC2059
         printf "$row" "$mtu" "$m" "$g" "$(ratio "$g" "$ref_g")" "$l" "$(ratio "$l" "$ref_r")" \
-            "$l50" "$(ratio "$l50" "$ref_p")" "$q" "$(ratio "$q" "$ref_rr")" "$c" "$qc" "$rss" "$priv"
+            "$l50" "$(ratio "$l50" "$ref_p")" "$q" "$(ratio "$q" "$ref_rr")" "$pc" "$c" "$qc" "$rss" "$priv"
     done
     for m in $methods; do teardown "$m"; done
 done
@@ -212,13 +222,15 @@ RTT_ms: mean of 100 pings 10 ms apart, answered by the kernel (as ping reports i
 p50_ms: the median of those pings (ping prints whole microseconds); RR_ms: median round trip of UDP
 requests and replies between two processes, back to back (sockperf ping-pong), where the
 forwarders' polling after traffic finds the next request; CPUs/kRR: the forwarders' CPU
-seconds per thousand such exchanges.
+seconds per thousand such exchanges. CPU%ping: the forwarders' CPU while the pings
+last, in % of one CPU (what polling through the gaps between pings costs).
 CPUs/GB: CPU seconds of all forwarders on the path per GB moved (veth: in the kernel).
 RSS_KiB: largest resident set of one forwarder; PrivKiB: its private dirty memory, the
 part that really grows with the number of containers (code and libc pages are shared).
 netd-veth, netd-tap, netd-tap-own: endpoints hpk-netd built through a hook-driven attach:
-a veth pair; a tap pair served by the bubble's hub (one forwarder thread for both); a tap
-pair with a forwarder each. tap: a hand-started hpk-net-daemon per container (polling
+a veth pair; a tap pair served by the bubble's hub (one forwarder thread for both); the
+same with hpk-netd's --busy-poll-us 20000 (netd-tap-poll: the hub polls through the 10 ms
+between pings, so none finds it asleep); a tap pair with a forwarder each. tap: a hand-started hpk-net-daemon per container (polling
 100 us after traffic, yielding the CPU); tap-nopoll: the same with --busy-poll-us 0.
 sock-orig: socket mode in the original tool's framing; sock-ext: two hpk-net-daemons that
 agreed on the extended framing (virtio-net header and offloads over the socket).

@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// every frame crosses the bridge (false: for captures or filters on the bridge).
     #[arg(long, env = "HPK_NETD_HUB_SHORTCUT", value_name = "BOOL")]
     hub_shortcut: Option<bool>,
+    /// Tap forwarders and the hub keep polling this many microseconds after traffic
+    /// before they sleep (0: never); at least the gap between a container's messages
+    /// makes every one find them awake, for a vCPU's time while traffic lasts.
+    #[arg(long, env = "HPK_NETD_BUSY_POLL_US", value_name = "USEC")]
+    busy_poll_us: Option<u64>,
     /// Let containers send only from their own MAC and address (nftables).
     #[arg(long, env = "HPK_NETD_ANTISPOOF", value_name = "BOOL")]
     antispoof: Option<bool>,
@@ -135,6 +140,7 @@ impl RunArgs {
         set!(endpoint <- self.endpoint);
         set!(tap_hub <- self.tap_hub);
         set!(hub_shortcut <- self.hub_shortcut);
+        set!(busy_poll_us <- self.busy_poll_us);
         set!(antispoof <- self.antispoof);
         set!(net_daemon <- self.net_daemon);
         set!(subnet.subnet_file <- self.subnet_file);

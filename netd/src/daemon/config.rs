@@ -8,8 +8,12 @@ use serde::Deserialize;
 
 pub use hpk_hook::proto::EndpointKind;
 
+use crate::datapath::args::DEFAULT_BUSY_POLL_US;
 use crate::sys::tap::validate_ifname;
 use crate::sys::users::parse_mode;
+
+/// The longest polling after traffic a configuration may ask of the forwarders.
+const MAX_BUSY_POLL_US: u64 = 1_000_000;
 
 /// Whether hpk-netd masquerades traffic that leaves the overlay network.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -202,6 +206,8 @@ pub struct Config {
     /// The hub hands a frame between two of its containers straight over when the bridge
     /// would only forward it; false: every frame crosses the bridge.
     pub hub_shortcut: bool,
+    /// Tap forwarders and the hub poll this long (µs) after traffic before they sleep.
+    pub busy_poll_us: u64,
     /// Containers may send only from their own MAC and address (nftables, bridge family).
     pub antispoof: bool,
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
@@ -223,6 +229,7 @@ impl Default for Config {
             endpoint: EndpointKind::Auto,
             tap_hub: true,
             hub_shortcut: true,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
             antispoof: true,
             net_daemon: String::new(),
             subnet: SubnetConfig::default(),
@@ -250,6 +257,13 @@ impl Config {
         validate_ifname(&self.bridge).context("bridge")?;
         validate_ifname(&self.container_tap).context("container_tap")?;
         self.socket_mode_bits()?;
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            bail!(
+                "busy_poll_us = {}: at most {MAX_BUSY_POLL_US} (1 s); a forwarder would poll \
+                 instead of sleeping that long after every frame",
+                self.busy_poll_us
+            );
+        }
         if self.subnet.source == SourceKind::Etcd {
             self.subnet.etcd.agent(&self.subnet.subnet_file)?;
         }
@@ -304,6 +318,15 @@ mod tests {
             ..Config::default()
         };
         assert!(cfg.validate().unwrap_err().to_string().contains("octal"));
+        let cfg = Config {
+            busy_poll_us: 5_000_000,
+            ..Config::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("busy_poll_us = 5000000: at most 1000000"),
+            "{err}"
+        );
     }
 
     #[test]

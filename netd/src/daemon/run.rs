@@ -106,6 +106,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
             endpoint: cfg.endpoint,
             tap_hub: cfg.tap_hub,
             hub_shortcut: cfg.hub_shortcut,
+            busy_poll_us: cfg.busy_poll_us,
             antispoof: cfg.antispoof,
         },
         ipam,

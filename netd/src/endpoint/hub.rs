@@ -32,6 +32,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct HubClient {
     daemon: PathBuf,
+    /// The hub's polling after traffic (`--busy-poll-us`).
+    busy_poll_us: u64,
     socket: PathBuf,
     log: PathBuf,
     /// The hub as far as we know; the lock also keeps two hubs from being started at once.
@@ -42,9 +44,10 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    pub fn new(state_dir: &Path, daemon: &Path) -> HubClient {
+    pub fn new(state_dir: &Path, daemon: &Path, busy_poll_us: u64) -> HubClient {
         HubClient {
             daemon: daemon.to_owned(),
+            busy_poll_us,
             socket: state_dir.join("hub.sock"),
             log: state_dir.join("hub.log"),
             current: Mutex::new(None),
@@ -174,7 +177,10 @@ impl HubClient {
         let hub = forwarder::spawn(
             &self.daemon,
             vec![listener],
-            |fds| NetDaemonArgs::hub(fds[0]),
+            |fds| NetDaemonArgs {
+                busy_poll_us: self.busy_poll_us,
+                ..NetDaemonArgs::hub(fds[0])
+            },
             &self.log,
         )?;
         info!(pid = hub.pid, "started the bubble's tap forwarder");

@@ -55,6 +55,8 @@ pub struct Settings {
     pub tap_hub: bool,
     /// The hub may hand frames between its containers straight over.
     pub hub_shortcut: bool,
+    /// Tap forwarders and the hub poll this long (µs) after traffic before they sleep.
+    pub busy_poll_us: u64,
     /// Guard each endpoint's bridge port against spoofed MACs and addresses.
     pub antispoof: bool,
 }
@@ -72,7 +74,7 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn new(settings: Settings, ipam: Ipam, store: Store, state_dir: &Path) -> Arc<Endpoints> {
-        let hub = HubClient::new(state_dir, &settings.net_daemon);
+        let hub = HubClient::new(state_dir, &settings.net_daemon, settings.busy_poll_us);
         Arc::new(Endpoints {
             hub,
             settings,
@@ -168,11 +170,14 @@ impl Endpoints {
             }
             EndpointKind::Tap => {
                 let (container, bubble) = build::build_taps(spec)?;
-                let pid = spec.pid;
+                let (pid, busy_poll_us) = (spec.pid, self.settings.busy_poll_us);
                 let forwarder = forwarder::spawn(
                     daemon,
                     vec![container.into(), bubble.into()],
-                    |fds| NetDaemonArgs::inherited(fds[0], fds[1], pid),
+                    |fds| NetDaemonArgs {
+                        busy_poll_us,
+                        ..NetDaemonArgs::inherited(fds[0], fds[1], pid)
+                    },
                     &log,
                 )?;
                 Ok(DataPath {
