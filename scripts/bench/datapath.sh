@@ -201,6 +201,12 @@ for mtu in $mtus; do
     done
     ! has netd-tap-own || [ "$(bridged_share netd-tap-own)" -ge 90 ] ||
         echo "WARNING: netd-tap-own's traffic did not cross the bridge" >&2
+    # Sanity: the hub told to poll through the gaps kept a CPU busy while the pings lasted.
+    if has netd-tap-poll; then
+        busy=$(median ${pingcpu[netd-tap-poll]})
+        awk -v c="$busy" 'BEGIN { exit !(c >= 50) }' ||
+            echo "WARNING: netd-tap-poll's hub slept between pings (${busy} % of a CPU)" >&2
+    fi
     ref_g=$(median ${gbps[veth]}) ref_r=$(median ${rtt[veth]}) ref_rr=$(median ${rr[veth]})
     ref_p=$(median ${p50[veth]})
     for m in $methods; do
