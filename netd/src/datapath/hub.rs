@@ -137,16 +137,38 @@ struct Pair {
     watch: PidWatch,
     identity: Option<Identity>,
     shortcut: Cell<ShortcutCounters>,
+    /// Which of the pairs that held this slot it is (see [`Token`]).
+    generation: u32,
 }
 
-/// What an epoll event is about: bits 0-1 the role, the rest the slot.
 const ROLE_CONTAINER: u64 = 0;
 const ROLE_BUBBLE: u64 = 1;
 const ROLE_EXIT: u64 = 2;
 const CONTROL: u64 = u64::MAX;
 
-fn token(slot: usize, role: u64) -> u64 {
-    ((slot as u64) << 2) | role
+/// What an epoll event is about: the role (bits 0-1), the slot (2-31), and the generation
+/// of the pair in the slot (32-63). epoll returns a batch of events in no particular
+/// order: a slot freed and taken again while the batch is handled must not get the old
+/// pair's events (an old pair's exit would remove the new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Token {
+    slot: usize,
+    generation: u32,
+    role: u64,
+}
+
+impl Token {
+    fn encode(self) -> u64 {
+        (u64::from(self.generation) << 32) | ((self.slot as u64) << 2) | self.role
+    }
+
+    fn decode(data: u64) -> Token {
+        Token {
+            slot: ((data & 0xffff_ffff) >> 2) as usize,
+            generation: (data >> 32) as u32,
+            role: data & 3,
+        }
+    }
 }
 
 struct Hub {
@@ -156,9 +178,32 @@ struct Hub {
     by_id: HashMap<String, usize>,
     /// Slots of the endpoints with an identity, by their container's MAC.
     by_mac: HashMap<[u8; 6], usize>,
+    /// Pairs added so far: the next one's generation.
+    added: u32,
 }
 
 impl Hub {
+    /// A hub with no endpoint yet, answering requests on `control`.
+    fn new(control: OwnedFd) -> Result<Hub> {
+        nix::fcntl::fcntl(
+            &control,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .context("control socket")?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+        epoll
+            .add(&control, EpollEvent::new(EpollFlags::EPOLLIN, CONTROL))
+            .context("epoll")?;
+        Ok(Hub {
+            epoll,
+            control,
+            slots: Vec::new(),
+            by_id: HashMap::new(),
+            by_mac: HashMap::new(),
+            added: 0,
+        })
+    }
+
     fn watch(&self, fd: BorrowedFd, token: u64) -> nix::Result<()> {
         self.epoll
             .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
@@ -194,10 +239,20 @@ impl Hub {
                 self.slots.len() - 1
             }
         };
+        let generation = self.added;
+        self.added = self.added.wrapping_add(1);
+        let token = |role| {
+            Token {
+                slot,
+                generation,
+                role,
+            }
+            .encode()
+        };
         let registered = self
-            .watch(container.as_fd(), token(slot, ROLE_CONTAINER))
-            .and_then(|_| self.watch(bubble.as_fd(), token(slot, ROLE_BUBBLE)))
-            .and_then(|_| self.watch(watch.as_fd(), token(slot, ROLE_EXIT)));
+            .watch(container.as_fd(), token(ROLE_CONTAINER))
+            .and_then(|_| self.watch(bubble.as_fd(), token(ROLE_BUBBLE)))
+            .and_then(|_| self.watch(watch.as_fd(), token(ROLE_EXIT)));
         if let Err(e) = registered {
             for fd in [container.as_fd(), bubble.as_fd(), watch.as_fd()] {
                 let _ = self.epoll.delete(fd);
@@ -227,6 +282,7 @@ impl Hub {
             watch,
             identity,
             shortcut: Cell::default(),
+            generation,
         });
         Ok(())
     }
@@ -328,12 +384,19 @@ impl Hub {
         }
     }
 
-    /// Moves the frames queued on one side of `slot`; drops the endpoint if a tap failed.
-    fn forward(&mut self, slot: usize, role: u64, buf: &mut [u8], answer_buf: &mut [u8]) -> usize {
-        let Some(pair) = self.slots.get(slot).and_then(Option::as_ref) else {
+    /// Moves the frames queued on one side of the event's pair; drops the endpoint if a
+    /// tap failed, or when its container exited.
+    fn forward(&mut self, event: Token, buf: &mut [u8], answer_buf: &mut [u8]) -> usize {
+        let slot = event.slot;
+        let Some(pair) = self
+            .slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .filter(|p| p.generation == event.generation)
+        else {
             return 0;
         };
-        let moved = match role {
+        let moved = match event.role {
             ROLE_CONTAINER => self.forward_from_container(slot, pair, buf, answer_buf),
             ROLE_BUBBLE => drain(&pair.bubble, &pair.container, buf),
             _ => {
@@ -465,22 +528,7 @@ fn count(counters: &Cell<ShortcutCounters>, add: impl FnOnce(&mut ShortcutCounte
 /// it has had none for `linger` ([`LINGER`] in hpk-net-daemon). After traffic it polls for `busy_poll`
 /// ([`BusyPoll`]) before it sleeps.
 pub fn serve(control: OwnedFd, busy_poll: Duration, linger: Duration) -> Result<()> {
-    nix::fcntl::fcntl(
-        &control,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .context("control socket")?;
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
-    epoll
-        .add(&control, EpollEvent::new(EpollFlags::EPOLLIN, CONTROL))
-        .context("epoll")?;
-    let mut hub = Hub {
-        epoll,
-        control,
-        slots: Vec::new(),
-        by_id: HashMap::new(),
-        by_mac: HashMap::new(),
-    };
+    let mut hub = Hub::new(control)?;
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut answer_buf = buf.clone();
     let mut events = vec![EpollEvent::empty(); 64];
@@ -503,7 +551,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration, linger: Duration) -> Result<
         for event in &events[..n] {
             match event.data() {
                 CONTROL => hub.serve_control(),
-                t => moved += hub.forward((t >> 2) as usize, t & 3, &mut buf, &mut answer_buf),
+                t => moved += hub.forward(Token::decode(t), &mut buf, &mut answer_buf),
             }
         }
         if hub.by_id.is_empty() {
@@ -523,6 +571,7 @@ pub fn serve(control: OwnedFd, busy_poll: Duration, linger: Duration) -> Result<
 mod tests {
     use super::*;
     use crate::sys::process::start_time;
+    use crate::sys::tap::TapOptions;
     use nix::sys::socket::{
         bind, connect, listen, socket, AddressFamily, Backlog, SockType, UnixAddr,
     };
@@ -539,6 +588,67 @@ mod tests {
         send_message(conn.as_fd(), request, fds).unwrap();
         let (answer, _) = receive_message(conn.as_fd()).unwrap();
         serde_json::from_slice(&answer).unwrap()
+    }
+
+    /// A slot freed and taken again within one batch of events: the old pair's exit,
+    /// handled after, leaves the new pair alone; the new pair's own exit removes it.
+    #[test]
+    fn an_old_pairs_exit_leaves_the_next_pair_in_its_slot_alone() {
+        std::thread::spawn(|| {
+            // Taps of the test's own, in a namespace of its own.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let (control, _) = nix::sys::socket::socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap();
+            let mut hub = Hub::new(control).unwrap();
+            let me = std::process::id() as i32;
+            let start = start_time(me).unwrap();
+            let taps = |name: &str| -> Vec<OwnedFd> {
+                let opts = TapOptions { vnet_hdr: false };
+                [format!("{name}c"), format!("{name}b")]
+                    .iter()
+                    .map(|n| Tap::create(n, opts).unwrap().into())
+                    .collect()
+            };
+            let (mut buf, mut answer_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
+            hub.add("old".into(), me, start, None, taps("hgold"))
+                .unwrap();
+            assert!(hub.remove("old"));
+            hub.add("new".into(), me, start, None, taps("hgnew"))
+                .unwrap();
+            let exit = |generation| Token {
+                slot: 0,
+                generation,
+                role: ROLE_EXIT,
+            };
+            hub.forward(exit(0), &mut buf, &mut answer_buf);
+            assert!(
+                hub.by_id.contains_key("new"),
+                "the old pair's exit removed the new one"
+            );
+            hub.forward(exit(1), &mut buf, &mut answer_buf);
+            assert!(
+                hub.by_id.is_empty(),
+                "the new pair's exit did not remove it"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let t = Token {
+            slot: (1 << 30) - 1,
+            generation: u32::MAX,
+            role: ROLE_BUBBLE,
+        };
+        assert_eq!(Token::decode(t.encode()), t);
+        assert_ne!(t.encode(), CONTROL);
     }
 
     /// Bad requests get an answer that says what is wrong, and the hub serves on; a hub
