@@ -60,6 +60,46 @@ fn socket_endpoints_get_addresses_reach_each_other_and_the_outside() {
     reach_each_other_and_the_outside(&["--endpoint", "socket"], "socket");
 }
 
+/// A hub that runs but does not answer fails a tap attach with a message naming it, and
+/// no second hub is started beside it to serve the same taps.
+#[test]
+fn a_hub_that_does_not_answer_fails_the_attach_and_gets_no_twin() {
+    let s = Site::flannel_with("10.244.3.1/24", &["--endpoint", "tap"]);
+    let c1 = s.host.runc.run("mute1", &s.host.bundle).expect("c1 starts");
+    let hub = s.host.forwarders()[0];
+    let hub_pid = nix::unistd::Pid::from_raw(hub);
+    nix::sys::signal::kill(hub_pid, Signal::SIGSTOP).unwrap();
+    let attached = s.host.runc.run("mute2", &s.host.bundle);
+    nix::sys::signal::kill(hub_pid, Signal::SIGCONT).unwrap();
+    let Err(err) = attached else {
+        panic!("a container attached through a stopped hub");
+    };
+    assert!(
+        err.contains(&format!("tap forwarder (pid {hub}) did not answer")),
+        "{err}"
+    );
+    // Hubs in this bubble: still the one, serving the first container.
+    let bubble_netns = std::fs::read_link(format!("/proc/{hub}/ns/net")).unwrap();
+    let hubs: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("--mode\0hub")
+                && std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                    .ok()
+                    .as_ref()
+                    == Some(&bubble_netns)
+        })
+        .collect();
+    assert_eq!(hubs, [hub]);
+    assert_eq!(s.host.forwarders(), [hub]);
+    assert!(
+        c1.ping("10.244.3.1"),
+        "the first container lost its network"
+    );
+}
+
 #[test]
 fn a_killed_socket_client_is_restarted_with_its_server() {
     let mut s = Site::flannel_with("10.244.3.1/24", &["--endpoint", "socket"]);

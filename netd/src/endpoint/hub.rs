@@ -15,7 +15,7 @@ use nix::sys::socket::{
     UnixAddr,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::forwarder;
 use crate::datapath::args::NetDaemonArgs;
@@ -29,6 +29,13 @@ const MAX_LOG: u64 = 1 << 20;
 
 /// How long the hub gets to answer one request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a call failed because the hub did not answer in time.
+fn timed_out(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|c| c.downcast_ref::<nix::errno::Errno>() == Some(&nix::errno::Errno::EAGAIN))
+}
 
 pub struct HubClient {
     daemon: PathBuf,
@@ -103,6 +110,16 @@ impl HubClient {
                     bail!("the bubble's tap forwarder refused the endpoint: {message}")
                 }
                 Ok(other) => bail!("the bubble's tap forwarder answered {other:?}"),
+                // A hub that runs but does not answer keeps the request queued: a second
+                // hub would serve the same taps, one of them out of reach.
+                Err(e) if timed_out(&e) && hub.alive() => {
+                    return Err(e).context(format!(
+                        "the bubble's tap forwarder (pid {}) did not answer within {} s: see {}",
+                        hub.pid,
+                        ANSWER_TIMEOUT.as_secs(),
+                        self.log.display()
+                    ));
+                }
                 Err(e) => {
                     debug!(id, error = %format!("{e:#}"), "hub did not answer; starting another");
                     *current = None;
@@ -125,19 +142,22 @@ impl HubClient {
         }
     }
 
-    /// The endpoints `hub` serves, if it runs (after a restart); a running hub becomes
-    /// ours.
-    pub fn endpoints(&self, hub: ProcId) -> HashSet<String> {
+    /// The endpoints `hub` serves (after a restart): none if it is gone, unknown if it
+    /// runs but did not say. A running hub that answers becomes ours.
+    pub fn endpoints(&self, hub: ProcId) -> Option<HashSet<String>> {
         if !hub.alive() {
-            return HashSet::new();
+            return Some(HashSet::new());
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match self.call(&HubRequest::List, &[]) {
             Ok(HubReply::Ids { ids }) => {
                 *current = Some(hub);
-                ids.into_iter().collect()
+                Some(ids.into_iter().collect())
             }
-            _ => HashSet::new(),
+            other => {
+                warn!(hub = hub.pid, answer = ?other.map_err(|e| format!("{e:#}")), "the bubble's tap forwarder did not list its endpoints");
+                None
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! a slot goes through: `Busy` while an attach builds it, `Ready` while it serves, and
 //! `Leaving` while it is torn down in the background.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -412,17 +413,21 @@ impl Endpoints {
     }
 
     /// Whether the processes of `record`'s data path run and serve it. `hubs` keeps what
-    /// each hub serves: one question per hub, not one per endpoint.
+    /// each hub serves: one question per hub, not one per endpoint (a hub that did not
+    /// answer is asked again for the next).
     pub(super) fn processes_intact(
         &self,
         record: &Record,
         hubs: &mut HashMap<ProcId, HashSet<String>>,
     ) -> bool {
         match record.path.forwarder {
-            Some(hub) if record.path.hub => hubs
-                .entry(hub)
-                .or_insert_with(|| self.hub.endpoints(hub))
-                .contains(record.spec.id()),
+            Some(hub) if record.path.hub => {
+                let ids = match hubs.entry(hub) {
+                    Entry::Occupied(known) => Some(known.into_mut()),
+                    Entry::Vacant(slot) => self.hub.endpoints(hub).map(|ids| slot.insert(ids)),
+                };
+                ids.is_some_and(|ids| ids.contains(record.spec.id()))
+            }
             _ => record.processes().all(|p| p.alive()),
         }
     }
