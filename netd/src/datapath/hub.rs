@@ -123,6 +123,10 @@ pub fn receive_message(socket: BorrowedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>
     if truncated {
         return Err(nix::errno::Errno::EMSGSIZE);
     }
+    // The kernel drops attached fds it cannot install: out of descriptors.
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(nix::errno::Errno::EMFILE);
+    }
     buf.truncate(len);
     Ok((buf, fds))
 }
@@ -225,9 +229,16 @@ impl Hub {
         if container.vnet_hdr() != bubble.vnet_hdr() {
             bail!("the taps disagree on the virtio-net header");
         }
-        let watch = ProcId { pid, start }.watch().ok_or_else(|| {
+        let gone = || {
             anyhow!("container process {pid} has exited (the container stopped while it was being attached)")
-        })?;
+        };
+        let watch = match PidWatch::open(pid) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(gone()),
+            Err(e) => bail!("cannot watch container process {pid}: {e}"),
+            // Checked after opening: the pidfd now pins the process verified.
+            Ok(watch) if (ProcId { pid, start }).alive() => watch,
+            Ok(_) => return Err(gone()),
+        };
         for tap in [&container, &bubble] {
             tap.set_nonblocking(true)?;
         }
@@ -257,7 +268,7 @@ impl Hub {
             for fd in [container.as_fd(), bubble.as_fd(), watch.as_fd()] {
                 let _ = self.epoll.delete(fd);
             }
-            bail!("cannot watch the taps: {e}");
+            bail!("cannot watch the taps and the container process: {e}");
         }
         debug!(
             id,

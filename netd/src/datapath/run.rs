@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::args::{Mode, NetDaemonArgs};
 use super::{socket, tap_pump, PumpStopped};
@@ -79,7 +79,12 @@ pub fn run(cli: NetDaemonArgs) -> Result<ExitCode> {
             let control =
                 unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             let busy_poll = std::time::Duration::from_micros(cli.busy_poll_us);
-            info!("hub serving");
+            // Each endpoint holds three fds (two taps, a pidfd): a soft limit of 1024
+            // would refuse the ~340th.
+            match crate::sys::process::raise_fd_limit() {
+                Ok(limit) => info!(open_files = limit, "hub serving"),
+                Err(e) => warn!(error = %e, "hub serving; cannot raise its limit of open files"),
+            }
             std::thread::Builder::new()
                 .name("hub".into())
                 .spawn(move || {

@@ -46,6 +46,14 @@ impl ProcId {
     }
 }
 
+/// Raises this process's soft limit of open files to the hard limit; returns it.
+pub fn raise_fd_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
 /// Reaps `pid` if it is our exited child; harmless otherwise.
 pub fn reap(pid: i32) {
     let _ = nix::sys::wait::waitpid(
@@ -67,5 +75,14 @@ mod tests {
             ..me
         };
         assert!(!other.alive(), "a different start time must not match");
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).unwrap();
+        assert_eq!(raise_fd_limit().unwrap(), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }
