@@ -229,16 +229,12 @@ impl Hub {
         if container.vnet_hdr() != bubble.vnet_hdr() {
             bail!("the taps disagree on the virtio-net header");
         }
-        let gone = || {
-            anyhow!("container process {pid} has exited (the container stopped while it was being attached)")
-        };
-        let watch = match PidWatch::open(pid) {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(gone()),
-            Err(e) => bail!("cannot watch container process {pid}: {e}"),
-            // Checked after opening: the pidfd now pins the process verified.
-            Ok(watch) if (ProcId { pid, start }).alive() => watch,
-            Ok(_) => return Err(gone()),
-        };
+        let watch = ProcId { pid, start }
+            .watch()
+            .map_err(|e| anyhow!("cannot watch container process {pid}: {e}"))?
+            .ok_or_else(|| {
+                anyhow!("container process {pid} has exited (the container stopped while it was being attached)")
+            })?;
         for tap in [&container, &bubble] {
             tap.set_nonblocking(true)?;
         }

@@ -24,9 +24,9 @@ const MAX_RESTARTS: u32 = 5;
 const RESTART_BUDGET_RESET: Duration = Duration::from_secs(60);
 
 /// A pidfd registered with the reactor: readable once the process has exited.
-fn exit_notifier(watch: PidWatch) -> Option<AsyncFd<OwnedFd>> {
+fn exit_notifier(watch: PidWatch) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd is moved into the AsyncFd and stays open as long as it lives.
-    unsafe { AsyncFd::register(watch.into_fd()) }.ok()
+    Ok(unsafe { AsyncFd::register(watch.into_fd()) }?)
 }
 
 impl Endpoints {
@@ -37,9 +37,20 @@ impl Endpoints {
             pid: record.spec.pid,
             start: record.spec.pid_start,
         };
-        let Some(container_fd) = container.watch().and_then(exit_notifier) else {
-            let _ = self.detach(&id, "container process is gone");
-            return;
+        let container_fd = match container
+            .watch()
+            .and_then(|watch| watch.map(exit_notifier).transpose())
+        {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                let _ = self.detach(&id, "container process is gone");
+                return;
+            }
+            // A live container keeps its endpoint; only the watching is lost.
+            Err(e) => {
+                error!(id, error = %e, "cannot watch the container process: its endpoint goes at its poststop hook only, and its forwarder is not restarted should it die (restart hpk-netd to watch it again)");
+                return;
+            }
         };
         let mut restarts = 0u32;
         let mut last_restart = Instant::now();
@@ -48,7 +59,7 @@ impl Endpoints {
             let processes: Vec<ProcId> = record.processes().collect();
             let fds: Vec<Option<AsyncFd<OwnedFd>>> = processes
                 .iter()
-                .map(|p| p.watch().and_then(exit_notifier))
+                .map(|p| p.watch().ok().flatten().and_then(|w| exit_notifier(w).ok()))
                 .collect();
             tokio::select! {
                 // A detach wins over anything that happens at the same moment.

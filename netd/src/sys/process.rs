@@ -38,11 +38,16 @@ impl ProcId {
         !zombie && start_time(self.pid) == Some(self.start)
     }
 
-    /// A pidfd for this process, if it is still this process.
-    pub fn watch(&self) -> Option<PidWatch> {
-        let watch = PidWatch::open(self.pid).ok()?;
+    /// A pidfd for this process; `None` if it is gone (or its PID is another's now). An
+    /// error is a pidfd that could not be made (out of descriptors, say), not an exit.
+    pub fn watch(&self) -> std::io::Result<Option<PidWatch>> {
+        let watch = match PidWatch::open(self.pid) {
+            Ok(watch) => watch,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         // Checked after opening: the pidfd now pins the process we verified.
-        self.alive().then_some(watch)
+        Ok(self.alive().then_some(watch))
     }
 }
 
@@ -75,6 +80,9 @@ mod tests {
             ..me
         };
         assert!(!other.alive(), "a different start time must not match");
+        // A pidfd for ourselves; none (and no error) for a process that is not ours.
+        assert!(me.watch().unwrap().is_some());
+        assert!(other.watch().unwrap().is_none());
     }
 
     #[test]
