@@ -524,8 +524,8 @@ fn count(counters: &Cell<ShortcutCounters>, add: impl FnOnce(&mut ShortcutCounte
 }
 
 /// Serves endpoints handed over on `control` (a listening SOCK_SEQPACKET socket) until
-/// it has had none for `linger` ([`LINGER`] in hpk-net-daemon). After traffic it polls for `busy_poll`
-/// ([`BusyPoll`]) before it sleeps.
+/// it has had none for `linger` ([`LINGER`] in hpk-net-daemon). After traffic it polls
+/// for `busy_poll` ([`BusyPoll`]) before it sleeps.
 pub fn serve(control: OwnedFd, busy_poll: Duration, linger: Duration) -> Result<()> {
     let mut hub = Hub::new(control)?;
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
