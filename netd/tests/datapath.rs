@@ -14,8 +14,12 @@ enum Method {
     TapToTap,
     /// Two of our daemons: they agree on the extended framing.
     Socket,
-    /// Our daemons held to the original tool's framing.
-    SocketOriginal,
+    /// Our daemons held to the original tool's framing by `--original-framing` on one
+    /// end: the server (it refuses the client's offer, as the original tool does) or the
+    /// client (it makes none).
+    SocketOriginal {
+        on_server: bool,
+    },
     /// Socket mode started with the original scripts' exact command lines.
     OriginalCommandLines,
 }
@@ -31,18 +35,22 @@ fn attach(prefix: &str, bubble: &Bubble, c: &Netns, n: u8, method: Method, mtu: 
                 .args(["--bridge", &bubble.bridge, "--mtu", &mtu]);
             vec![Proc::spawn("tap-to-tap daemon", &mut cmd)]
         }
-        Method::Socket | Method::SocketOriginal => {
+        Method::Socket | Method::SocketOriginal { .. } => {
             let socket = format!("/tmp/{prefix}-{n}.sock");
             let mut server = bubble.ns.cmd(DAEMON);
             // The original tool's Go-style flags, as its users wrote them.
             server
                 .args(["-mode", "server", "-socket", &socket, "-tap", &bubble_tap])
                 .args(["--bridge", &bubble.bridge, "--mtu", &mtu]);
-            let server = Proc::spawn("socket server", &mut server);
             let mut client = c.cmd(DAEMON);
             client.args([
                 "--mode", "client", "--socket", &socket, "--tap", "tap0", "--mtu", &mtu,
             ]);
+            if let Method::SocketOriginal { on_server } = method {
+                let end = if on_server { &mut server } else { &mut client };
+                end.arg("--original-framing");
+            }
+            let server = Proc::spawn("socket server", &mut server);
             vec![server, Proc::spawn("socket client", &mut client)]
         }
         Method::OriginalCommandLines => {
@@ -82,6 +90,30 @@ fn attach(prefix: &str, bubble: &Bubble, c: &Netns, n: u8, method: Method, mtu: 
     }
 }
 
+/// The framing a socket-mode pair settles on: the value of `framing` in the daemons'
+/// "peer connected" log line.
+fn expected_framing(method: Method) -> Option<&'static str> {
+    match method {
+        Method::TapToTap => None,
+        Method::Socket | Method::OriginalCommandLines => Some("extended"),
+        Method::SocketOriginal { .. } => Some("original"),
+    }
+}
+
+/// The framings a socket-mode daemon's log says its connections used.
+fn framings_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("peer connected"))
+        .map(|l| {
+            l.split("framing=\"")
+                .nth(1)
+                .and_then(|rest| rest.split([' ', '"']).next())
+                .unwrap_or("none")
+                .to_owned()
+        })
+        .collect()
+}
+
 fn c2c(method: Method, mtu: u32) {
     let p = prefix();
     let bubble = Bubble::new(&p, [198, 18, 7], mtu);
@@ -114,6 +146,14 @@ fn c2c(method: Method, mtu: u32) {
         };
         let (code, err) = d.stop_with(sig);
         assert_eq!(code, Some(0), "{} exited badly: {err}", d.what);
+        if let Some(expected) = expected_framing(method) {
+            let used = framings_in(&err);
+            assert!(
+                !used.is_empty() && used.iter().all(|f| f == expected),
+                "{} used the framings {used:?}, not only {expected} ({method:?}): {err}",
+                d.what
+            );
+        }
     }
     let left: Vec<_> = bubble
         .ns
@@ -126,7 +166,7 @@ fn c2c(method: Method, mtu: u32) {
         !c1.has_link("tap0") && !c2.has_link("tap0"),
         "container tap left behind"
     );
-    if let Method::Socket | Method::SocketOriginal | Method::OriginalCommandLines = method {
+    if let Method::Socket | Method::SocketOriginal { .. } | Method::OriginalCommandLines = method {
         for n in 1..=2 {
             assert!(!std::path::Path::new(&format!("/tmp/{p}-{n}.sock")).exists());
         }
@@ -153,14 +193,16 @@ fn socket_mode_mtu_9000() {
     c2c(Method::Socket, 9000);
 }
 
+/// The server holds to the original framing: the client's offer goes unanswered.
 #[test]
 fn socket_mode_original_framing_mtu_1500() {
-    c2c(Method::SocketOriginal, 1500);
+    c2c(Method::SocketOriginal { on_server: true }, 1500);
 }
 
+/// The client holds to the original framing: it makes no offer.
 #[test]
 fn socket_mode_original_framing_mtu_9000() {
-    c2c(Method::SocketOriginal, 9000);
+    c2c(Method::SocketOriginal { on_server: false }, 9000);
 }
 
 #[test]
