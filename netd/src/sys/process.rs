@@ -85,9 +85,34 @@ mod tests {
         assert!(other.watch().unwrap().is_none());
     }
 
+    /// Set in the child that `the_open_files_limit_is_raised_to_the_hard_one` runs.
+    const IN_CHILD: &str = "HPK_TEST_FD_LIMIT_CHILD";
+
+    /// Lowers and raises the limit of the process it runs in: in a child of its own (this
+    /// test binary again, this test only), never beside the tests running in parallel.
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_one() {
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let name = "sys::process::tests::the_open_files_limit_is_raised_to_the_hard_one";
+        if std::env::var_os(IN_CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+                .env(IN_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "in the child: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // A filter that matched nothing passes too: the child must have run it.
+            assert!(
+                stdout.contains("1 passed"),
+                "the child ran no test: {stdout}"
+            );
+            return;
+        }
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).unwrap();
         assert_eq!(raise_fd_limit().unwrap(), hard);
