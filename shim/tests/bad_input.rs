@@ -61,7 +61,7 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     refused(
         &env,
         &["run", "--name", "bad/name", r, "true"],
-        "container name",
+        "container name \"bad/name\": use 1 to 64 letters, digits, '_', '.', '-'",
     );
     // hpk-netd down: a socket nobody serves.
     let dead = env.dir.join("dead.sock");
@@ -83,6 +83,28 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     );
     env.assert_clean();
 
+    // Commands on a container that does not exist: one clear line, and nothing made.
+    let before = tree(&env.root);
+    for args in [
+        &["exec", "nosuch", "true"][..],
+        &["stop", "nosuch"],
+        &["logs", "nosuch"],
+        &["rm", "nosuch"],
+    ] {
+        let out = env.out(args);
+        let msg = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {msg}");
+        assert!(
+            msg.lines().next().is_some_and(
+                |l| l == "hpktainer: no container named nosuch (see `hpktainer ps -a`)"
+            ),
+            "{args:?}: {msg}"
+        );
+        assert_eq!(support::stdout(&out), "", "{args:?}");
+        assert_eq!(tree(&env.root), before, "{args:?} made something");
+    }
+    env.assert_clean();
+
     // A name in use.
     env.ok(&["run", "-d", "--name", "taken", r, "sleep", "600"]);
     let out = env.out(&["run", "--name", "taken", r, "true"]);
@@ -92,6 +114,26 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         "{}",
         stderr(&out)
     );
+    // A running container is not removed without --force: it says how, and runs on.
+    let out = env.out(&["rm", "taken"]);
+    let msg = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{msg}");
+    assert!(
+        msg.contains("hpktainer: taken is running: `hpktainer stop taken` first, or rm --force"),
+        "{msg}"
+    );
+    assert!(
+        env.ps()
+            .iter()
+            .any(|c| c["name"] == "taken" && c["status"] == "detached"),
+        "{:?}",
+        env.ps()
+    );
+    assert_eq!(
+        env.ok(&["exec", "taken", "echo", "still here"]).trim(),
+        "still here"
+    );
+    assert!(env.netd.status().endpoints.iter().any(|e| e.id == "taken"));
     // A static address someone holds: the hook's refusal, and hpktainer's own exit status.
     env.ok(&[
         "run",
@@ -106,7 +148,13 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
     ]);
     let out = env.out(&["run", "--ip", "10.244.13.50", r, "true"]);
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
-    assert!(stderr(&out).contains("hpk-hook"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).lines().any(
+            |l| l.contains("hpk-hook") && l.contains("address 10.244.13.50 is in use by first")
+        ),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("hpktainer: runc could not start the container"),
         "{}",
@@ -121,6 +169,22 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+/// Every path under `dir`, sorted.
+fn tree(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+            all.push(e.path());
+        }
+    }
+    all.sort();
+    all
 }
 
 /// Starts a foreground `hpktainer run` and waits until its container is attached.
@@ -176,26 +240,33 @@ fn a_killed_hpktainer_is_swept_by_the_next_ps_and_run() {
     );
     env.assert_clean();
 
-    // SIGTERM to a foreground hpktainer reaches the container, whose trap decides the
-    // exit code (a PID 1 without a handler would ignore it, as under any runtime), under
-    // either runtime.
+    // SIGTERM, SIGHUP, SIGQUIT and SIGINT (Ctrl-C) to a foreground hpktainer reach the
+    // container, whose trap for that signal decides the exit code (a PID 1 without a
+    // handler would ignore it, as under any runtime), under either runtime.
     for rt in ["runc", "crun"] {
-        let name = format!("k3-{rt}");
-        let marker = format!("{}-{name}", env.prefix);
-        let mut p = foreground_with(
-            &env,
-            &["--runtime", rt],
-            &name,
-            &format!(": {marker}; trap 'exit 42' TERM; while true; do sleep 1; done"),
-        );
-        // The trap is set once the loop sleeps.
-        wait_until("the container's loop", Duration::from_secs(20), || {
-            support::sleeping_under(&marker)
-        });
-        let (code, _) = p.stop_with(Signal::SIGTERM);
-        let err = std::fs::read_to_string(env.dir.join(format!("{name}.err"))).unwrap();
-        assert_eq!(code, Some(42), "{rt}: {err}");
-        env.assert_clean();
+        for (sig, trap, code) in [
+            (Signal::SIGTERM, "TERM", 42),
+            (Signal::SIGHUP, "HUP", 43),
+            (Signal::SIGQUIT, "QUIT", 44),
+            (Signal::SIGINT, "INT", 45),
+        ] {
+            let name = format!("k3-{rt}-{}", trap.to_lowercase());
+            let marker = format!("{}-{name}", env.prefix);
+            let mut p = foreground_with(
+                &env,
+                &["--runtime", rt],
+                &name,
+                &format!(": {marker}; trap 'exit {code}' {trap}; while true; do sleep 1; done"),
+            );
+            // The trap is set once the loop sleeps.
+            wait_until("the container's loop", Duration::from_secs(20), || {
+                support::sleeping_under(&marker)
+            });
+            let (got, _) = p.stop_with(sig);
+            let err = std::fs::read_to_string(env.dir.join(format!("{name}.err"))).unwrap();
+            assert_eq!(got, Some(code), "{rt}, {sig}: {err}");
+            env.assert_clean();
+        }
     }
 
     // A detached container that ended keeps its log until prune.
