@@ -71,6 +71,8 @@ pub fn layout_image(dir: &Path, first_layer: impl FnOnce(&Path)) -> String {
 pub struct Env {
     pub netd: Netd,
     pub bubble: Netns,
+    /// The bubble's host address on the LAN: what the outside sees of its containers.
+    pub host: Ipv4Addr,
     pub world: World,
     pub dir: PathBuf,
     /// hpktainer --root.
@@ -86,7 +88,7 @@ impl Env {
         let scratch = Scratch::new(&p);
         let dir = scratch.0.clone();
         let mut world = World::new(&p);
-        let (bubble, _) = world.host("b");
+        let (bubble, host) = world.host("b");
         std::fs::write(
             dir.join("subnet.env"),
             subnet_env(subnet_with_gw, 1450, false),
@@ -100,6 +102,7 @@ impl Env {
             prefix: p,
             netd,
             bubble,
+            host,
             world,
             dir,
             _scratch: scratch,
