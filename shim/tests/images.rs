@@ -44,6 +44,14 @@ fn build_image(dir: &Path) -> PathBuf {
     dir.join("layout")
 }
 
+/// How often a `--debug` run called umoci to unpack an image.
+fn unpacks_in(out: &std::process::Output) -> usize {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains("running command=umoci unpack"))
+        .count()
+}
+
 /// docker-registry listening on 127.0.0.1:5000 in the bubble.
 fn start_registry(env: &Env) -> Proc {
     let storage = env.dir.join("registry");
@@ -147,10 +155,18 @@ fn registry_images_are_pulled_once_and_cached() {
         "docker://127.0.0.1:5000/test/other:1",
         "true",
     ]);
+    let msg = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{msg}");
+    assert_eq!(
+        msg.lines().filter(|l| l.starts_with("hpktainer:")).count(),
+        1,
+        "not one error line: {msg}"
+    );
     assert!(
-        stderr(&out).contains("not in the cache"),
-        "{}",
-        stderr(&out)
+        msg.contains(
+            "image docker://127.0.0.1:5000/test/other:1 is not in the cache and --pull never forbids pulling it"
+        ),
+        "{msg}"
     );
     env.assert_clean();
 }
@@ -171,15 +187,19 @@ fn local_transports_run() {
             "docker-archive:{}:test/bb:1",
             docker_archive.display()
         )));
+    let mut unpacks = 0;
     for image in [
         oci.clone(),
         format!("oci-archive:{}", archive.display()),
         format!("docker-archive:{}", docker_archive.display()),
     ] {
-        let got = env.ok(&["run", &image, "cat", "/etc/motd"]);
-        assert_eq!(got.trim(), "second layer", "{image}");
+        let out = env.out(&["--debug", "run", &image, "cat", "/etc/motd"]);
+        assert!(out.status.success(), "{image}: {}", stderr(&out));
+        assert_eq!(support::stdout(&out).trim(), "second layer", "{image}");
+        unpacks += unpacks_in(&out);
     }
-    // One unpacked rootfs per manifest: oci: and oci-archive: share one.
+    // One unpack per manifest: oci: and oci-archive: share one.
+    assert_eq!(unpacks, 2, "three runs, two manifests");
     let unpacked: Vec<_> = std::fs::read_dir(env.root.join("images/rootfs"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -204,7 +224,7 @@ fn concurrent_runs_unpack_an_image_once() {
     let image = format!("oci-archive:{}", archive.display());
     let runs: Vec<_> = (0..3)
         .map(|_| {
-            env.hpk(&["run", &image, "cat", "/etc/motd"])
+            env.hpk(&["--debug", "run", &image, "cat", "/etc/motd"])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -212,11 +232,14 @@ fn concurrent_runs_unpack_an_image_once() {
                 .unwrap()
         })
         .collect();
+    let mut unpacks = 0;
     for child in runs {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(support::stdout(&out).trim(), "second layer");
+        unpacks += unpacks_in(&out);
     }
+    assert_eq!(unpacks, 1, "three runs, one unpack");
     let unpacked: Vec<_> = std::fs::read_dir(env.root.join("images/rootfs"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
