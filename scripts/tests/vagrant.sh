@@ -42,7 +42,13 @@ timeout 30 unshare --uts --mount --net env WORK="$work" bash -c '
     slurmctld -D -f "$WORK/slurm.conf" -L "$WORK/log/slurmctld.log" 2>"$WORK/log/stderr" &
     pid=$!
     echo "$pid" >"$WORK/pid"
-    sleep 3
+    # Up once it runs as the controller, after reading the configuration; or gone.
+    for _ in $(seq 250); do
+        grep -q "Running as primary controller" "$WORK/log/slurmctld.log" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "Running as primary controller" "$WORK/log/slurmctld.log" || exit 1
     kill -0 "$pid" || exit 1
     kill "$pid"
     wait "$pid" || true
