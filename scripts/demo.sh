@@ -44,7 +44,10 @@ in_login sinfo
 rootfs=$dir/rootfs
 mkdir -p "$rootfs/bin" "$rootfs/www" "$rootfs"/{proc,sys,dev,tmp,etc}
 cp /bin/busybox "$rootfs/bin/"
-for a in sh ip ping wget httpd md5sum sleep cat grep; do ln -s busybox "$rootfs/bin/$a"; done
+for a in sh ip ping wget httpd md5sum sleep cat grep nslookup; do ln -s busybox "$rootfs/bin/$a"; done
+# A directory as root: the files hpktainer binds over must exist (resolv.conf: the
+# bubble's DNS server for container names).
+touch "$rootfs/etc/resolv.conf" "$rootfs/etc/hosts"
 head -c 8M /dev/urandom >"$rootfs/www/blob"
 want=$(md5sum <"$rootfs/www/blob" | cut -d' ' -f1)
 chmod -R a+rX "$rootfs"
@@ -70,20 +73,17 @@ enter 3 hpktainer run -d --name web -v "$rootfs/www:/www:ro" "$rootfs" httpd -f 
 web=$(enter 3 hpktainer ps --json | grep -o '"address": *"[0-9.]*"' | grep -o '[0-9.]*[0-9]')
 echo "web server at $web"
 
-step "bubble 1: hpktainer run ... (tap0, ping, 8 MB from bubble 3, the outside)"
-out=$(enter 1 hpktainer run "$rootfs" sh -c "ip addr show tap0 && ping -c 3 $web && wget -q -O - http://$web:8080/blob | md5sum && wget -q -O - http://198.51.100.2/")
+step "bubble 1: hpktainer run ... (tap0, web by name, 8 MB from bubble 3, the outside)"
+out=$(enter 1 hpktainer run "$rootfs" sh -c "ip addr show tap0 && nslookup web && ping -c 3 web && wget -q -O - http://web:8080/blob | md5sum && wget -q -O - http://198.51.100.2/")
 echo "$out"
 echo "$out" | grep -q "inet 10.244." || fail "no overlay address on tap0"
+echo "$out" | grep -q "Address: $web" || fail "web does not resolve to $web"
 echo "$out" | grep -q " 0% packet loss" || fail "ping across bubbles"
 echo "$out" | grep -q "^$want" || fail "the transfer's checksum differs (want $want)"
 echo "$out" | grep -q "outside world" || fail "no answer from the outside"
 
 if [ $keep = yes ]; then
     cat <<EOF
-
-The cluster stays up. Enter a bubble (as $user):
-  $sim run -d $simdir runuser -u $user -- env HPK_SHARED_DIR=$shared $here/scripts/hpk-enter.sh 1
-Press Enter to end it.
 
 The cluster stays up. Enter a bubble (as $user):
   $sim run -d $simdir runuser -u $user -- env HPK_SHARED_DIR=$shared $here/scripts/hpk-enter.sh 1

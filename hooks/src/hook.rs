@@ -67,6 +67,8 @@ pub enum Wish {
     Attach {
         address: Option<Ipv4Addr>,
         endpoint: Option<EndpointKind>,
+        /// The name the bubbles' DNS serves it under.
+        name: Option<String>,
     },
 }
 
@@ -91,7 +93,19 @@ pub fn wish(annotations: &HashMap<String, String>) -> Result<Wish> {
             })?,
         ),
     };
-    Ok(Wish::Attach { address, endpoint })
+    // Our own annotation must be a valid name (hpktainer checked it); another runtime's
+    // name that is no DNS label is not served, but does not stop the container.
+    let name = crate::names::from_annotations(annotations);
+    if let Some(ours) = annotations.get(crate::names::ANNOTATION_NAME) {
+        crate::names::validate(ours)
+            .map_err(|e| anyhow!("annotation {}: {e}", crate::names::ANNOTATION_NAME))?;
+    }
+    let name = name.filter(|n| crate::names::validate(n).is_ok());
+    Ok(Wish::Attach {
+        address,
+        endpoint,
+        name,
+    })
 }
 
 /// Runs one hook invocation against hpk-netd at `socket`.
@@ -100,9 +114,13 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
     let id = state.id().clone();
     match stage {
         Stage::Attach => {
-            let (address, endpoint) = match wish(&annotations(state)?)? {
+            let (address, endpoint, name) = match wish(&annotations(state)?)? {
                 Wish::OptOut => return Ok(()),
-                Wish::Attach { address, endpoint } => (address, endpoint),
+                Wish::Attach {
+                    address,
+                    endpoint,
+                    name,
+                } => (address, endpoint, name),
             };
             let pid = state.pid().ok_or_else(|| {
                 anyhow!("the OCI state of {id} has no pid: createRuntime needs the container's process (is this hook configured for the right stage?)")
@@ -115,6 +133,7 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
                 pid,
                 address,
                 endpoint,
+                name,
             }))? {
                 Response::Attached(_) => Ok(()),
                 Response::Error { message } => bail!("hpk-netd could not attach {id}: {message}"),
@@ -146,14 +165,16 @@ mod tests {
             wish(&ann(&[])).unwrap(),
             Wish::Attach {
                 address: None,
-                endpoint: None
+                endpoint: None,
+                name: None
             }
         );
         assert_eq!(
             wish(&ann(&[(ANNOTATION_ENDPOINT, "veth")])).unwrap(),
             Wish::Attach {
                 address: None,
-                endpoint: Some(EndpointKind::Veth)
+                endpoint: Some(EndpointKind::Veth),
+                name: None
             }
         );
         let err = wish(&ann(&[(ANNOTATION_ENDPOINT, "vxlan")])).unwrap_err();
@@ -169,10 +190,23 @@ mod tests {
             wish(&ann(&[(ANNOTATION_IP, "10.244.3.7")])).unwrap(),
             Wish::Attach {
                 address: Some(Ipv4Addr::new(10, 244, 3, 7)),
-                endpoint: None
+                endpoint: None,
+                name: None
             }
         );
         assert!(wish(&ann(&[(ANNOTATION_IP, "10.244.3")])).is_err());
+        // Names: ours must be a DNS label; another runtime's bad one is only not served.
+        let named = |pairs| match wish(&ann(pairs)).unwrap() {
+            Wish::Attach { name, .. } => name,
+            Wish::OptOut => panic!("opted out"),
+        };
+        assert_eq!(
+            named(&[(crate::names::ANNOTATION_NAME, "Web")]).as_deref(),
+            Some("web")
+        );
+        assert_eq!(named(&[("nerdctl/name", "my_app")]), None);
+        let err = wish(&ann(&[(crate::names::ANNOTATION_NAME, "my_app")])).unwrap_err();
+        assert!(err.to_string().contains("'_' is not allowed"), "{err}");
         assert!(wish(&ann(&[(ANNOTATION_NETWORK, "bridge")])).is_err());
     }
 

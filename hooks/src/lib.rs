@@ -4,5 +4,6 @@
 
 pub mod client;
 pub mod hook;
+pub mod names;
 pub mod proto;
 pub mod report;

@@ -72,6 +72,9 @@ pub struct AttachRequest {
     /// An endpoint kind, if the container asked for one (else hpk-netd's setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<EndpointKind>,
+    /// The container's name, served by the bubbles' DNS (a DNS label, see `names`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,6 +130,35 @@ pub struct Status {
     /// Where vxlan meets the host's network, when the built-in agent is the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay: Option<UnderlayStatus>,
+    /// The bubble's DNS server for container names, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<NamesStatus>,
+}
+
+/// The DNS server hpk-netd runs on the bridge's gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamesStatus {
+    /// Where it listens (UDP and TCP port 53): every container's nameserver.
+    pub server: Ipv4Addr,
+    /// The cluster domain: `web` and `web.<domain>` both answer.
+    pub domain: String,
+    /// `cluster` (names in the cluster's etcd) or `bubble` (this bubble's only).
+    pub scope: String,
+    /// Names known, with the address and the bubble (public address) each runs in.
+    #[serde(default)]
+    pub records: Vec<NameStatus>,
+    /// Queries answered, forwarded, refused and failed.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameStatus {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub container: String,
+    /// The public address of the bubble it runs in.
+    pub bubble: String,
 }
 
 /// The local VTEP: flannel's kernel device, or hpk-netd's own on a host socket.
@@ -192,6 +224,7 @@ mod tests {
             pid: 42,
             address: None,
             endpoint: None,
+            name: None,
         });
         assert_eq!(
             serde_json::to_string(&req).unwrap(),

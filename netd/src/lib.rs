@@ -13,6 +13,7 @@
 //! - [`subnet`]: where the bubble's subnet comes from (subnet.env, etcd agent).
 //! - [`bubble`]: the bridge, forwarding, NAT rules, address allocation.
 //! - [`endpoint`]: each container's endpoint, its forwarder, records and supervision.
+//! - [`names`]: container names across the cluster and the bubble's DNS server.
 //! - [`daemon`]: hpk-netd's configuration, start-up, control socket and status.
 
 pub mod sys;
@@ -26,6 +27,8 @@ pub mod subnet;
 pub mod bubble;
 
 pub mod endpoint;
+
+pub mod names;
 
 pub mod daemon;
 

@@ -30,3 +30,20 @@ pub fn check_address(status: &Status, ip: Ipv4Addr) -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks that `name` can be served by the bubbles' DNS and that no container of the
+/// cluster has it (as far as this bubble's hpk-netd knows: it checks again at attach).
+pub fn check_dns_name(served: &hpk_hook::proto::NamesStatus, name: &str) -> Result<()> {
+    hpk_hook::names::validate(name).map_err(|e| anyhow!("--name: {e}"))?;
+    let lower = name.to_ascii_lowercase();
+    if let Some(holder) = served.records.iter().find(|r| r.name == lower) {
+        bail!(
+            "name {name} is taken: container {} at {} in the bubble of {} has it; choose \
+             another --name, or stop that container first",
+            holder.container,
+            holder.address,
+            holder.bubble
+        );
+    }
+    Ok(())
+}

@@ -16,7 +16,7 @@ pub fn rootfs(dir: &Path) -> PathBuf {
     fs::create_dir_all(&bin).unwrap();
     fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
     for applet in [
-        "sh", "sleep", "ping", "ip", "true", "cat", "nc", "ifconfig", "route", "arping",
+        "sh", "sleep", "ping", "ip", "true", "cat", "nc", "ifconfig", "route", "arping", "nslookup",
     ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }

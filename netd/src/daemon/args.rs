@@ -116,6 +116,23 @@ pub struct RunArgs {
     /// UNIX socket the launcher serves the host's UDP socket on (source etcd).
     #[arg(long, env = "HPK_NETD_UNDERLAY_SOCKET", value_name = "PATH")]
     underlay_socket: Option<String>,
+    /// Serve container names on the bridge's gateway (DNS, port 53).
+    #[arg(long, env = "HPK_NETD_NAMES", value_name = "BOOL")]
+    names: Option<bool>,
+    /// The cluster domain of container names.
+    #[arg(long, env = "HPK_NETD_NAMES_DOMAIN", value_name = "DOMAIN")]
+    names_domain: Option<String>,
+    /// Seconds a dead bubble's names outlive it.
+    #[arg(long, env = "HPK_NETD_NAMES_TTL", value_name = "SECS")]
+    names_ttl: Option<u64>,
+    /// Resolvers for other names, comma-separated (default: the bubble's resolv.conf).
+    #[arg(
+        long,
+        env = "HPK_NETD_DNS_UPSTREAM",
+        value_delimiter = ',',
+        value_name = "ADDR[:PORT],..."
+    )]
+    dns_upstream: Option<Vec<String>>,
 }
 
 impl RunArgs {
@@ -157,6 +174,10 @@ impl RunArgs {
         set!(subnet.etcd.underlay_mtu <- self.underlay_mtu);
         set!(subnet.etcd.underlay <- self.underlay);
         set!(subnet.etcd.underlay_socket <- self.underlay_socket);
+        set!(names.enabled <- self.names);
+        set!(names.domain <- self.names_domain);
+        set!(names.ttl <- self.names_ttl);
+        set!(names.upstream <- self.dns_upstream);
         c.validate()?;
         Ok(c)
     }

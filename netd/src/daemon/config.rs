@@ -179,6 +179,56 @@ impl Default for SubnetConfig {
     }
 }
 
+/// Container names and the bubble's DNS server (`[names]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamesConfig {
+    /// Serve DNS on the bridge's gateway and register containers' names.
+    pub enabled: bool,
+    /// The cluster domain: `web` and `web.<domain>` both resolve.
+    pub domain: String,
+    /// Seconds a dead bubble's names outlive it (their etcd lease).
+    pub ttl: u64,
+    /// Resolvers for other names, `ADDRESS[:PORT]`; empty: those of `resolv_conf`.
+    pub upstream: Vec<String>,
+    /// The bubble's own resolver configuration.
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        NamesConfig {
+            enabled: true,
+            domain: "hpk.internal".into(),
+            ttl: 15,
+            upstream: Vec::new(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+impl NamesConfig {
+    /// The configured upstreams, checked.
+    pub fn upstream(&self) -> Result<Vec<std::net::SocketAddr>> {
+        self.upstream
+            .iter()
+            .map(|s| crate::names::parse_server(s))
+            .collect()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        crate::names::answer::Zone::new(&self.domain).map_err(|e| anyhow!("names.domain: {e}"))?;
+        if !(2..=3600).contains(&self.ttl) {
+            bail!("names.ttl = {}: between 2 and 3600 seconds", self.ttl);
+        }
+        self.upstream()?;
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -213,6 +263,7 @@ pub struct Config {
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
     pub net_daemon: String,
     pub subnet: SubnetConfig,
+    pub names: NamesConfig,
 }
 
 impl Default for Config {
@@ -233,6 +284,7 @@ impl Default for Config {
             antispoof: true,
             net_daemon: String::new(),
             subnet: SubnetConfig::default(),
+            names: NamesConfig::default(),
         }
     }
 }
@@ -267,6 +319,7 @@ impl Config {
         if self.subnet.source == SourceKind::Etcd {
             self.subnet.etcd.agent(&self.subnet.subnet_file)?;
         }
+        self.names.validate()?;
         if self.allowed_uids.is_empty() {
             bail!("allowed_uids is empty: nobody could use the control socket");
         }
@@ -327,6 +380,30 @@ mod tests {
             err.contains("busy_poll_us = 5000000: at most 1000000"),
             "{err}"
         );
+        let names = |names: NamesConfig| {
+            Config {
+                names,
+                ..Config::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string()
+        };
+        let err = names(NamesConfig {
+            domain: "a..b".into(),
+            ..NamesConfig::default()
+        });
+        assert!(err.contains("names.domain"), "{err}");
+        let err = names(NamesConfig {
+            upstream: vec!["dns.example".into()],
+            ..NamesConfig::default()
+        });
+        assert!(err.contains("not ADDRESS or ADDRESS:PORT"), "{err}");
+        let err = names(NamesConfig {
+            ttl: 1,
+            ..NamesConfig::default()
+        });
+        assert!(err.contains("names.ttl = 1"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hpk_hook::proto::{Request, Response, MAX_REQUEST};
+use hpk_hook::proto::{AttachRequest, Attachment, Request, Response, MAX_REQUEST};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -113,19 +113,19 @@ async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
         message: format!("{e:#}"),
     };
     match request {
-        Request::Attach(req) => daemon
-            .endpoints
-            .attach(req)
+        Request::Attach(req) => attach(daemon, req)
             .await
             .map_or_else(failed, Response::Attached),
+        // The hook sends it at poststop; the log's `why` tells it from hpk-netd's own.
         Request::Detach { id } => {
-            daemon
-                .endpoints
-                .detach(&id, "requested")
-                .map_or_else(failed, |was_attached| Response::Detached {
-                    id,
-                    was_attached,
-                })
+            let detached = daemon.endpoints.detach(&id, "poststop");
+            if let Some(names) = &daemon.names {
+                names.release_container(&id).await;
+            }
+            detached.map_or_else(failed, |was_attached| Response::Detached {
+                id,
+                was_attached,
+            })
         }
         // A netlink dump and a directory read: not on the async workers.
         Request::Status => {
@@ -138,4 +138,22 @@ async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
             }
         }
     }
+}
+
+/// Attaches a container and registers its name: a name taken elsewhere fails the attach
+/// before anything is built (from memory), or undoes it (when etcd says so first).
+async fn attach(daemon: &Daemon, req: AttachRequest) -> anyhow::Result<Attachment> {
+    let named = daemon.names.as_ref().zip(req.name.clone());
+    if let Some((names, name)) = &named {
+        names.check(name, &req.id)?;
+    }
+    let id = req.id.clone();
+    let attachment = daemon.endpoints.attach(req).await?;
+    if let Some((names, name)) = named {
+        if let Err(e) = names.claim(&name, &id, attachment.address).await {
+            let _ = daemon.endpoints.detach(&id, "its name is taken");
+            return Err(e);
+        }
+    }
+    Ok(attachment)
 }

@@ -10,6 +10,7 @@ pub mod status;
 use std::sync::Arc;
 
 use crate::endpoint::table::Endpoints;
+use crate::names::Names;
 use crate::subnet::etcd::SharedOverlay;
 use crate::subnet::SubnetEnv;
 
@@ -23,4 +24,6 @@ pub struct Daemon {
     pub masquerade: bool,
     /// The etcd agent's lease and peers, when it is the source.
     pub overlay: Option<SharedOverlay>,
+    /// Container names and the bubble's DNS server, unless disabled.
+    pub names: Option<Arc<Names>>,
 }

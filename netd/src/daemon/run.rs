@@ -13,6 +13,7 @@ use super::Daemon;
 use crate::bubble::ipam::Ipam;
 use crate::endpoint::store::Store;
 use crate::endpoint::table::{Endpoints, Settings};
+use crate::names::Names;
 use crate::subnet::etcd::EtcdSource;
 use crate::subnet::{FlannelFile, SubnetSource};
 use crate::sys::firewall::Iptables;
@@ -114,6 +115,10 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         &cfg.state_dir,
     );
     endpoints.adopt().await?;
+    let names = match cfg.names.enabled {
+        true => Some(start_names(cfg, &env, overlay.as_ref(), &endpoints).await?),
+        false => None,
+    };
     let daemon = Arc::new(Daemon {
         endpoints,
         env,
@@ -121,6 +126,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         bridge: cfg.bridge.clone(),
         masquerade,
         overlay,
+        names,
     });
 
     if let Some(dir) = cfg.socket.parent() {
@@ -140,4 +146,59 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         daemon,
         Arc::new(cfg.allowed_uids.clone()),
     )))
+}
+
+/// The names service: the cluster's names from etcd when the agent is the source, else
+/// this bubble's own; DNS on the gateway.
+async fn start_names(
+    cfg: &Config,
+    env: &crate::subnet::SubnetEnv,
+    overlay: Option<&crate::subnet::etcd::SharedOverlay>,
+    endpoints: &Arc<Endpoints>,
+) -> Result<Arc<Names>> {
+    let upstream = match cfg.names.upstream()? {
+        configured if !configured.is_empty() => configured,
+        _ => {
+            let text = std::fs::read_to_string(&cfg.names.resolv_conf).unwrap_or_default();
+            crate::names::resolvers(&text, env.gateway)
+        }
+    };
+    let cluster = match overlay {
+        Some(overlay) => {
+            let agent = cfg.subnet.etcd.agent(&cfg.subnet.subnet_file)?;
+            let public_ip = overlay
+                .lock()
+                .unwrap()
+                .public_ip
+                .ok_or_else(|| anyhow!("the overlay has no public address yet"))?;
+            Some(crate::names::Cluster {
+                client: crate::subnet::etcd::connect(&agent).await?,
+                prefix: agent.prefix,
+                public_ip,
+            })
+        }
+        None => None,
+    };
+    let live = {
+        let endpoints = endpoints.clone();
+        Box::new(move || {
+            endpoints
+                .records()
+                .iter()
+                .map(|r| r.spec.id().to_string())
+                .collect()
+        })
+    };
+    Names::start(
+        crate::names::Settings {
+            domain: cfg.names.domain.clone(),
+            ttl: std::time::Duration::from_secs(cfg.names.ttl),
+            upstream,
+            listen: (env.gateway, 53).into(),
+            state_dir: cfg.state_dir.clone(),
+        },
+        cluster,
+        live,
+    )
+    .await
 }

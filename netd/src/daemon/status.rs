@@ -48,6 +48,7 @@ pub fn status(daemon: &Daemon) -> Status {
         lease,
         peers,
         underlay,
+        names: daemon.names.as_ref().map(|n| n.status()),
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
+use hpk_hook::names::ANNOTATION_NAME;
 use hpk_hook::proto::{ANNOTATION_IP, ANNOTATION_NETWORK};
 use tracing::debug;
 
@@ -28,6 +29,8 @@ pub struct Checked {
     pub binds: Vec<Bind>,
     pub hooks: Option<HookSet>,
     pub annotations: HashMap<String, String>,
+    /// The bubble's DNS server and cluster domain, when hpk-netd serves names.
+    pub dns: Option<(std::net::Ipv4Addr, String)>,
 }
 
 /// Checks the user's input and the network before pulling or creating anything, so bad
@@ -54,6 +57,7 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
         .map(|b| Bind::parse(b))
         .collect::<Result<Vec<_>>>()?;
     let mut annotations = HashMap::new();
+    let mut dns = None;
     let hooks = match opts.network {
         NetworkMode::None => {
             annotations.insert(ANNOTATION_NETWORK.to_string(), "none".to_string());
@@ -65,6 +69,13 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
             if let Some(ip) = opts.ip {
                 netd::check_address(&status, ip)?;
                 annotations.insert(ANNOTATION_IP.to_string(), ip.to_string());
+            }
+            if let Some(served) = &status.names {
+                if let Some(explicit) = &opts.name {
+                    netd::check_dns_name(served, explicit)?;
+                    annotations.insert(ANNOTATION_NAME.to_string(), explicit.clone());
+                }
+                dns = Some((served.server, served.domain.clone()));
             }
             Some(HookSet::new(find_hook(opts.hook.as_deref())?, &ctx.socket))
         }
@@ -79,6 +90,7 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
         binds,
         hooks,
         annotations,
+        dns,
     })
 }
 
@@ -171,7 +183,13 @@ fn run_oci(
     let hostname = opts.hostname.clone().unwrap_or_else(|| c.name.clone());
     let env = container_env(&img, &c.env, &hostname, terminal, uid);
     let mut binds = c.binds.clone();
-    binds.extend(name_files(&dir, &prepared, &hostname, &c.binds)?);
+    binds.extend(name_files(
+        &dir,
+        &prepared,
+        &hostname,
+        c.dns.as_ref(),
+        &c.binds,
+    )?);
     let plan = Plan {
         rootfs: prepared.rootfs.clone(),
         readonly_root: prepared.readonly,
@@ -259,13 +277,15 @@ fn start_detached(oci: &Oci, dir: &ContainerDir, record: &Record) -> Result<i32>
     Ok(0)
 }
 
-/// `/etc/hosts` naming the container and the bubble's `/etc/resolv.conf`, bound read-only
-/// where the runtime can put them (a writable root, or the files exist) and the user did
-/// not bind their own.
+/// `/etc/hosts` naming the container and a `/etc/resolv.conf` (the bubble's DNS server
+/// for container names when hpk-netd serves them, else the bubble's own file), bound
+/// read-only where the runtime can put them (a writable root, or the files exist) and the
+/// user did not bind their own.
 fn name_files(
     dir: &ContainerDir,
     prepared: &rootfs::Prepared,
     hostname: &str,
+    dns: Option<&(std::net::Ipv4Addr, String)>,
     user: &[Bind],
 ) -> Result<Vec<Bind>> {
     let mut out = Vec::new();
@@ -275,10 +295,16 @@ fn name_files(
         format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t{hostname}\n"),
     )
     .with_context(|| format!("cannot write {}", hosts.display()))?;
-    let candidates = [
-        (hosts, "/etc/hosts"),
-        (PathBuf::from("/etc/resolv.conf"), "/etc/resolv.conf"),
-    ];
+    let resolv_conf = match dns {
+        Some((server, domain)) => {
+            let path = dir.dir.join("resolv.conf");
+            std::fs::write(&path, format!("search {domain}\nnameserver {server}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            path
+        }
+        None => PathBuf::from("/etc/resolv.conf"),
+    };
+    let candidates = [(hosts, "/etc/hosts"), (resolv_conf, "/etc/resolv.conf")];
     for (source, dest) in candidates {
         let target = prepared.rootfs.join(&dest[1..]);
         let placeable = target.is_file()

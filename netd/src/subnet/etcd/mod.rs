@@ -27,6 +27,7 @@ use self::lease::{lease_value, Peer};
 use self::lease_manager::LeaseManager;
 use self::masq::flannel_chains;
 use self::registry::Registry;
+pub(crate) use self::registry::connect;
 use self::vxlan::{Device, DeviceSpec, SharedVtep, Vtep, VXLAN_OVERHEAD};
 use self::vxlan_network::VxlanNetwork;
 use crate::subnet::{SubnetEnv, SubnetSource};

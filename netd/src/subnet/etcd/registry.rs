@@ -32,7 +32,8 @@ pub(crate) struct Registry {
     value: String,
 }
 
-async fn connect(cfg: &AgentConfig) -> Result<Client> {
+/// A client of the cluster's etcd, answering (one try).
+pub(crate) async fn connect(cfg: &AgentConfig) -> Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5));
