@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job, on one machine: a real Slurm (scripts/sim-slurm.sh: 3 nodes as network
 # namespaces on a LAN, an outside HTTP server), `sbatch --nodes=3 scripts/hpk.slurm` as an
-# unprivileged user, a web server container in bubble 3, and a container in bubble 1 that
-# shows its overlay address, pings the web server, fetches 8 MB from it (checksum
-# compared) and a page from the outside. Then scancel, and a check that nothing is left.
+# unprivileged user, a web server container `web` in bubble 3 with a published port, and a
+# container in bubble 1 that shows its overlay address, finds web by name, pings it,
+# fetches 8 MB from it (checksum compared) and a page from the outside; then the login node
+# fetches the same from web's published port. Then scancel, and a check that nothing is
+# left.
 #
 #   scripts/demo.sh [-k]     (-k: keep the cluster up and print how to use it)
 # Needs root (namespaces) and `make binaries` (or cargo build) done.
@@ -68,10 +70,11 @@ grep -q "cluster ready" "$job_dir/hpk.out" || { cat "$job_dir/hpk.out" >&2; fail
 echo "ready $(( ($(date +%s%N) - start) / 1000000 )) ms after sbatch"
 cat "$job_dir/hpk.out"
 
-step "bubble 3: hpktainer run -d --name web ... httpd"
-enter 3 hpktainer run -d --name web -v "$rootfs/www:/www:ro" "$rootfs" httpd -f -p 8080 -h /www
+step "bubble 3: hpktainer run -d --name web -p 18080:8080 ... httpd"
+enter 3 hpktainer run -d --name web -p 18080:8080 -v "$rootfs/www:/www:ro" "$rootfs" httpd -f -v -p 8080 -h /www
 web=$(enter 3 hpktainer ps --json | grep -o '"address": *"[0-9.]*"' | grep -o '[0-9.]*[0-9]')
 echo "web server at $web"
+enter 3 hpktainer port web
 
 step "bubble 1: hpktainer run ... (tap0, web by name, 8 MB from bubble 3, the outside)"
 out=$(enter 1 hpktainer run "$rootfs" sh -c "ip addr show tap0 && nslookup web && ping -c 3 web && wget -q -O - http://web:8080/blob | md5sum && wget -q -O - http://198.51.100.2/")
@@ -81,6 +84,13 @@ echo "$out" | grep -q "Address: $web" || fail "web does not resolve to $web"
 echo "$out" | grep -q " 0% packet loss" || fail "ping across bubbles"
 echo "$out" | grep -q "^$want" || fail "the transfer's checksum differs (want $want)"
 echo "$out" | grep -q "outside world" || fail "no answer from the outside"
+
+step "the login node: wget http://h3:18080/blob (web's published port)"
+out=$(in_login sh -c "wget -q -O - http://192.0.2.13:18080/blob | md5sum")
+echo "$out"
+echo "$out" | grep -q "^$want" || fail "the published port's transfer differs (want $want)"
+enter 3 hpktainer logs web | grep -q "192.0.2.9" || fail "web did not see the login node's address"
+echo "web saw the login node's own address (192.0.2.9)"
 
 if [ $keep = yes ]; then
     cat <<EOF
@@ -109,7 +119,7 @@ left=$(ls "$shared"/bubble-*.json 2>/dev/null || true)
 state_left=$(find /tmp -maxdepth 1 -name "hpk-bubble-*-$cancelled-*" 2>/dev/null)
 [ -z "$state_left" ] || fail "state dirs left: $state_left"
 for h in 1 2 3; do
-    ports=$(nsenter --net="/run/netns/hpksim-h$h" ss -Hlntu | grep -E ':(2379|8472|6443) ' || true)
+    ports=$(nsenter --net="/run/netns/hpksim-h$h" ss -Hlntu | grep -E ':(2379|8472|6443|18080) ' || true)
     [ -z "$ports" ] || fail "ports still bound on h$h: $ports"
     links=$(ip -n "hpksim-h$h" -o link show | grep -vE ' (lo|eth0)[:@]' || true)
     [ -z "$links" ] || fail "links left on h$h: $links"

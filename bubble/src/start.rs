@@ -301,6 +301,8 @@ struct Running {
     init: Option<ProcId>,
     /// Serves the host socket to hpk-netd (each start of it).
     handover: Option<Server>,
+    /// Binds published ports on the host for hpk-netd.
+    ports: Option<hpk_netd::ports::handover::Server>,
     /// The cluster's PKI in the shared directory, when this controller made it.
     pki: Option<PathBuf>,
 }
@@ -327,6 +329,7 @@ impl Running {
             uplink: None,
             init: None,
             handover: None,
+            ports: None,
             pki: None,
         })
     }
@@ -353,6 +356,9 @@ impl Running {
             let socket = socket.try_clone().context("cannot share the host socket")?;
             self.handover = Some(Server::spawn(listener, socket)?);
         }
+        let path = self.state_dir.join(crate::init::netd::PORTS_SOCKET);
+        let listener = hpk_netd::sys::unix_socket::bind(&path, 0o600, None, None)?;
+        self.ports = Some(hpk_netd::ports::handover::Server::spawn(listener)?);
         let init_log = self.shared.log_path(self.id, "init");
         let launch = Launch {
             exe: &node.exe,

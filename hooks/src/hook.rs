@@ -69,6 +69,8 @@ pub enum Wish {
         endpoint: Option<EndpointKind>,
         /// The name the bubbles' DNS serves it under.
         name: Option<String>,
+        /// Host ports to forward to it.
+        ports: Vec<crate::ports::PortMapping>,
     },
 }
 
@@ -101,10 +103,16 @@ pub fn wish(annotations: &HashMap<String, String>) -> Result<Wish> {
             .map_err(|e| anyhow!("annotation {}: {e}", crate::names::ANNOTATION_NAME))?;
     }
     let name = name.filter(|n| crate::names::validate(n).is_ok());
+    let ports = match annotations.get(crate::ports::ANNOTATION_PORTS) {
+        None => Vec::new(),
+        Some(list) => crate::ports::PortMapping::parse_list(list)
+            .map_err(|e| anyhow!("annotation {}: {e}", crate::ports::ANNOTATION_PORTS))?,
+    };
     Ok(Wish::Attach {
         address,
         endpoint,
         name,
+        ports,
     })
 }
 
@@ -114,13 +122,14 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
     let id = state.id().clone();
     match stage {
         Stage::Attach => {
-            let (address, endpoint, name) = match wish(&annotations(state)?)? {
+            let (address, endpoint, name, ports) = match wish(&annotations(state)?)? {
                 Wish::OptOut => return Ok(()),
                 Wish::Attach {
                     address,
                     endpoint,
                     name,
-                } => (address, endpoint, name),
+                    ports,
+                } => (address, endpoint, name, ports),
             };
             let pid = state.pid().ok_or_else(|| {
                 anyhow!("the OCI state of {id} has no pid: createRuntime needs the container's process (is this hook configured for the right stage?)")
@@ -134,6 +143,7 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
                 address,
                 endpoint,
                 name,
+                ports,
             }))? {
                 Response::Attached(_) => Ok(()),
                 Response::Error { message } => bail!("hpk-netd could not attach {id}: {message}"),
@@ -166,7 +176,8 @@ mod tests {
             Wish::Attach {
                 address: None,
                 endpoint: None,
-                name: None
+                name: None,
+                ports: Vec::new()
             }
         );
         assert_eq!(
@@ -174,7 +185,8 @@ mod tests {
             Wish::Attach {
                 address: None,
                 endpoint: Some(EndpointKind::Veth),
-                name: None
+                name: None,
+                ports: Vec::new()
             }
         );
         let err = wish(&ann(&[(ANNOTATION_ENDPOINT, "vxlan")])).unwrap_err();
@@ -191,7 +203,8 @@ mod tests {
             Wish::Attach {
                 address: Some(Ipv4Addr::new(10, 244, 3, 7)),
                 endpoint: None,
-                name: None
+                name: None,
+                ports: Vec::new()
             }
         );
         assert!(wish(&ann(&[(ANNOTATION_IP, "10.244.3")])).is_err());

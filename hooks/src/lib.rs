@@ -5,5 +5,6 @@
 pub mod client;
 pub mod hook;
 pub mod names;
+pub mod ports;
 pub mod proto;
 pub mod report;

@@ -75,6 +75,9 @@ pub struct AttachRequest {
     /// The container's name, served by the bubbles' DNS (a DNS label, see `names`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Ports of the host to forward to the container (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortMapping>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +136,22 @@ pub struct Status {
     /// The bubble's DNS server for container names, when it serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub names: Option<NamesStatus>,
+    /// Ports of the host forwarded to containers.
+    #[serde(default)]
+    pub published: Vec<PublishedPort>,
+}
+
+/// A host port forwarded to a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container: String,
+    pub mapping: crate::ports::PortMapping,
+    /// Where the port listens on the host (`0.0.0.0:8080`).
+    pub listening: String,
+    /// Whether the container sees its clients' own addresses (else the gateway's).
+    pub client_address_kept: bool,
+    /// Connections (tcp) or flows (udp) forwarded so far.
+    pub forwarded: u64,
 }
 
 /// The DNS server hpk-netd runs on the bridge's gateway.
@@ -225,6 +244,7 @@ mod tests {
             address: None,
             endpoint: None,
             name: None,
+            ports: Vec::new(),
         });
         assert_eq!(
             serde_json::to_string(&req).unwrap(),

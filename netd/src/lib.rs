@@ -14,6 +14,7 @@
 //! - [`bubble`]: the bridge, forwarding, NAT rules, address allocation.
 //! - [`endpoint`]: each container's endpoint, its forwarder, records and supervision.
 //! - [`names`]: container names across the cluster and the bubble's DNS server.
+//! - [`ports`]: published ports, forwarded from host sockets to containers.
 //! - [`daemon`]: hpk-netd's configuration, start-up, control socket and status.
 
 pub mod sys;
@@ -29,6 +30,8 @@ pub mod bubble;
 pub mod endpoint;
 
 pub mod names;
+
+pub mod ports;
 
 pub mod daemon;
 

@@ -46,6 +46,11 @@ pub enum Command {
     Ps(PsArgs),
     /// Stop a container (SIGTERM, then SIGKILL after the grace period).
     Stop(StopArgs),
+    /// The published ports of a container (HOST -> CONTAINER), or of all.
+    Port {
+        /// Container name; all containers without one.
+        name: Option<String>,
+    },
     /// Print the output of a detached container.
     Logs {
         /// Container name.
@@ -145,6 +150,11 @@ pub struct RunOpts {
     /// Give the container a terminal (when stdin is one).
     #[arg(short, long)]
     pub tty: bool,
+    /// Publish a port of the container on the host: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]
+    /// (repeatable). The host port is bound before the container starts and released
+    /// when it stops; reach it at the node's address (from the login node, or ssh -L).
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER[/PROTO]", value_parser = parse_port)]
+    pub publish: Vec<hpk_hook::ports::PortMapping>,
     /// A static address in the bubble's subnet (annotation io.hpktainer.ip).
     #[arg(long, value_name = "ADDRESS")]
     pub ip: Option<std::net::Ipv4Addr>,
@@ -295,6 +305,10 @@ pub struct ShimArgs {
     /// runc's command line, passed on untouched.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+fn parse_port(text: &str) -> Result<hpk_hook::ports::PortMapping, String> {
+    hpk_hook::ports::PortMapping::parse(text)
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         Command::Exec(a) => commands::exec::exec(&ctx, &a),
         Command::Ps(a) => commands::ps::ps(&ctx, a.all, a.json).map(|()| 0),
         Command::Stop(a) => commands::stop::stop(&ctx, &a.names, a.time, false).map(|()| 0),
+        Command::Port { name } => commands::ps::port(&ctx, name.as_deref()).map(|()| 0),
         Command::Logs { name } => commands::logs::logs(&ctx, &name).map(|()| 0),
         Command::Rm { force, names } => commands::prune::rm(&ctx, &names, force).map(|()| 0),
         Command::Prune => commands::prune::prune(&ctx).map(|()| 0),

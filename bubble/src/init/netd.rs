@@ -18,6 +18,9 @@ pub fn socket() -> String {
 /// Where the launcher serves the host socket, under the state dir.
 pub const UNDERLAY_SOCKET: &str = "underlay.sock";
 
+/// Where the launcher binds published ports on the host, under the state dir.
+pub const PORTS_SOCKET: &str = "ports.sock";
+
 pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
     let mut cmd = Command::new(netd);
     cmd.args(["run", "--subnet-source", "etcd", "--etcd-endpoints"])
@@ -34,7 +37,9 @@ pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
         // Hooks and hpktainer run as the bubble's root, hpk-netd's own uid.
         .args(["--socket-mode", "0600"])
         .arg("--net-daemon")
-        .arg(net_daemon);
+        .arg(net_daemon)
+        .arg("--ports-socket")
+        .arg(format!("{RUN_DIR}/{PORTS_SOCKET}"));
     if let Some(t) = &plan.etcd_client_tls {
         cmd.arg("--etcd-ca-file")
             .arg(&t.ca)

@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// UNIX socket the launcher serves the host's UDP socket on (source etcd).
     #[arg(long, env = "HPK_NETD_UNDERLAY_SOCKET", value_name = "PATH")]
     underlay_socket: Option<String>,
+    /// UNIX socket where the bubble's launcher binds published ports on the host; unset:
+    /// hpk-netd binds them in its own network namespace.
+    #[arg(long, env = "HPK_NETD_PORTS_SOCKET", value_name = "PATH")]
+    ports_socket: Option<String>,
     /// Serve container names on the bridge's gateway (DNS, port 53).
     #[arg(long, env = "HPK_NETD_NAMES", value_name = "BOOL")]
     names: Option<bool>,
@@ -174,6 +178,7 @@ impl RunArgs {
         set!(subnet.etcd.underlay_mtu <- self.underlay_mtu);
         set!(subnet.etcd.underlay <- self.underlay);
         set!(subnet.etcd.underlay_socket <- self.underlay_socket);
+        set!(ports_socket <- self.ports_socket);
         set!(names.enabled <- self.names);
         set!(names.domain <- self.names_domain);
         set!(names.ttl <- self.names_ttl);

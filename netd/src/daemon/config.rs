@@ -262,6 +262,9 @@ pub struct Config {
     pub antispoof: bool,
     /// The forwarder binary; empty: next to hpk-netd, else on PATH.
     pub net_daemon: String,
+    /// Where the bubble's launcher binds published ports on the host (a UNIX socket);
+    /// empty: hpk-netd binds them in its own network namespace.
+    pub ports_socket: String,
     pub subnet: SubnetConfig,
     pub names: NamesConfig,
 }
@@ -283,6 +286,7 @@ impl Default for Config {
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             antispoof: true,
             net_daemon: String::new(),
+            ports_socket: String::new(),
             subnet: SubnetConfig::default(),
             names: NamesConfig::default(),
         }
@@ -324,6 +328,11 @@ impl Config {
             bail!("allowed_uids is empty: nobody could use the control socket");
         }
         Ok(())
+    }
+
+    /// The launcher's socket for published ports, if one is configured.
+    pub fn ports_socket(&self) -> Option<PathBuf> {
+        (!self.ports_socket.is_empty()).then(|| PathBuf::from(&self.ports_socket))
     }
 
     /// The forwarder to start for each container.

@@ -119,6 +119,7 @@ async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
         // The hook sends it at poststop; the log's `why` tells it from hpk-netd's own.
         Request::Detach { id } => {
             let detached = daemon.endpoints.detach(&id, "poststop");
+            daemon.ports.unpublish(&id);
             if let Some(names) = &daemon.names {
                 names.release_container(&id).await;
             }
@@ -140,20 +141,30 @@ async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
     }
 }
 
-/// Attaches a container and registers its name: a name taken elsewhere fails the attach
-/// before anything is built (from memory), or undoes it (when etcd says so first).
+/// Attaches a container, registers its name and publishes its ports, all or nothing: a
+/// name taken elsewhere fails the attach before anything is built (from memory), or undoes
+/// it (when etcd says so first), as a port that cannot be bound does.
 async fn attach(daemon: &Daemon, req: AttachRequest) -> anyhow::Result<Attachment> {
     let named = daemon.names.as_ref().zip(req.name.clone());
     if let Some((names, name)) = &named {
         names.check(name, &req.id)?;
     }
-    let id = req.id.clone();
+    let (id, ports) = (req.id.clone(), req.ports.clone());
     let attachment = daemon.endpoints.attach(req).await?;
     if let Some((names, name)) = named {
         if let Err(e) = names.claim(&name, &id, attachment.address).await {
             let _ = daemon.endpoints.detach(&id, "its name is taken");
             return Err(e);
         }
+    }
+    if let Err(e) = daemon.ports.publish(&id, attachment.address, &ports).await {
+        let _ = daemon
+            .endpoints
+            .detach(&id, "a port could not be published");
+        if let Some(names) = &daemon.names {
+            names.release_container(&id).await;
+        }
+        return Err(e);
     }
     Ok(attachment)
 }

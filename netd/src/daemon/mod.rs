@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::endpoint::table::Endpoints;
 use crate::names::Names;
+use crate::ports::Ports;
 use crate::subnet::etcd::SharedOverlay;
 use crate::subnet::SubnetEnv;
 
@@ -26,4 +27,6 @@ pub struct Daemon {
     pub overlay: Option<SharedOverlay>,
     /// Container names and the bubble's DNS server, unless disabled.
     pub names: Option<Arc<Names>>,
+    /// Host ports forwarded to containers.
+    pub ports: Arc<Ports>,
 }

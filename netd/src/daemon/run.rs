@@ -14,6 +14,7 @@ use crate::bubble::ipam::Ipam;
 use crate::endpoint::store::Store;
 use crate::endpoint::table::{Endpoints, Settings};
 use crate::names::Names;
+use crate::ports::Ports;
 use crate::subnet::etcd::EtcdSource;
 use crate::subnet::{FlannelFile, SubnetSource};
 use crate::sys::firewall::Iptables;
@@ -119,6 +120,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         true => Some(start_names(cfg, &env, overlay.as_ref(), &endpoints).await?),
         false => None,
     };
+    let ports = Ports::start(cfg.ports_socket(), &cfg.state_dir, live_ids(&endpoints)).await?;
     let daemon = Arc::new(Daemon {
         endpoints,
         env,
@@ -127,6 +129,7 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         masquerade,
         overlay,
         names,
+        ports,
     });
 
     if let Some(dir) = cfg.socket.parent() {
@@ -179,16 +182,6 @@ async fn start_names(
         }
         None => None,
     };
-    let live = {
-        let endpoints = endpoints.clone();
-        Box::new(move || {
-            endpoints
-                .records()
-                .iter()
-                .map(|r| r.spec.id().to_string())
-                .collect()
-        })
-    };
     Names::start(
         crate::names::Settings {
             domain: cfg.names.domain.clone(),
@@ -198,7 +191,21 @@ async fn start_names(
             state_dir: cfg.state_dir.clone(),
         },
         cluster,
-        live,
+        live_ids(endpoints),
     )
     .await
+}
+
+/// The ids of the containers attached now (names and ports of others are dropped).
+fn live_ids(
+    endpoints: &Arc<Endpoints>,
+) -> Box<dyn Fn() -> std::collections::HashSet<String> + Send + Sync> {
+    let endpoints = endpoints.clone();
+    Box::new(move || {
+        endpoints
+            .records()
+            .iter()
+            .map(|r| r.spec.id().to_string())
+            .collect()
+    })
 }

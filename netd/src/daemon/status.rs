@@ -49,6 +49,7 @@ pub fn status(daemon: &Daemon) -> Status {
         peers,
         underlay,
         names: daemon.names.as_ref().map(|n| n.status()),
+        published: daemon.ports.status(),
     }
 }
 

@@ -16,16 +16,12 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{
-    accept4, recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag,
-};
+use nix::sys::socket::{accept4, setsockopt, sockopt, SockFlag};
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -33,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::shortcut::{self, Identity, ShortcutCounters};
 use super::tap_pump::{drain, drain_with, write_or_drop, BusyPoll};
 use super::PumpStopped;
+use crate::sys::fd_passing;
 use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::ProcId;
 use crate::sys::tap::{Tap, MAX_FRAME, VNET_HDR_LEN};
@@ -85,50 +82,12 @@ pub enum HubReply {
 
 /// Sends one message with `fds` attached on a SOCK_SEQPACKET socket.
 pub fn send_message(socket: BorrowedFd, message: &[u8], fds: &[RawFd]) -> nix::Result<()> {
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(
-        socket.as_raw_fd(),
-        &[IoSlice::new(message)],
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    Ok(())
+    fd_passing::send(socket, message, fds)
 }
 
-/// Receives one message and the fds attached to it (at most two).
+/// Receives one request or reply and the fds attached to it.
 pub fn receive_message(socket: BorrowedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(received) = cmsg {
-            // SAFETY: the kernel just installed these fds for us.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    let (len, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
-    if truncated {
-        return Err(nix::errno::Errno::EMSGSIZE);
-    }
-    // The kernel drops attached fds it cannot install: out of descriptors.
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(nix::errno::Errno::EMFILE);
-    }
-    buf.truncate(len);
-    Ok((buf, fds))
+    fd_passing::receive(socket, MAX_REQUEST)
 }
 
 // Per-endpoint events are logged at debug: the hub's log lives as long as the bubble.

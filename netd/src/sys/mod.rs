@@ -3,6 +3,7 @@
 //! iptables, and the file and permission helpers the layers above share.
 
 pub mod firewall;
+pub mod fd_passing;
 pub mod fs;
 pub mod netlink;
 pub mod netns;

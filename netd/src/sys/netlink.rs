@@ -413,6 +413,39 @@ impl Netlink {
         .with_context(|| format!("cannot install route to {dest}/{prefix_len}"))
     }
 
+    /// Makes every IPv4 address local in routing table `table` (`ip route replace local
+    /// 0.0.0.0/0 dev lo table TABLE`).
+    pub fn replace_local_default_route(&mut self, table: u32) -> Result<()> {
+        let mut msg = ipv4_route(Ipv4Addr::UNSPECIFIED, 0, None, LOOPBACK_INDEX, false);
+        msg.header.table = libc::RT_TABLE_UNSPEC;
+        msg.header.kind = RouteType::Local;
+        msg.header.scope = RouteScope::Host;
+        msg.attributes.push(RouteAttribute::Table(table));
+        self.execute(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .with_context(|| format!("cannot make every address local in table {table}"))
+    }
+
+    /// Sends packets marked `mark` to routing table `table` (`ip rule add fwmark MARK
+    /// lookup TABLE priority PRIORITY`); an existing rule is kept.
+    pub fn add_fwmark_rule(&mut self, mark: u32, table: u32, priority: u32) -> Result<()> {
+        use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.table = libc::RT_TABLE_UNSPEC;
+        msg.header.action = RuleAction::ToTable;
+        msg.attributes.push(RuleAttribute::FwMark(mark));
+        msg.attributes.push(RuleAttribute::FwMask(u32::MAX));
+        msg.attributes.push(RuleAttribute::Table(table));
+        msg.attributes.push(RuleAttribute::Priority(priority));
+        match self.execute(RouteNetlinkMessage::NewRule(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other.with_context(|| format!("cannot add the rule for mark {mark:#x}")),
+        }
+    }
+
     /// Removes the route `dest/prefix_len` out of link `index`; a missing route is fine.
     pub fn delete_ipv4_route(&mut self, dest: Ipv4Addr, prefix_len: u8, index: u32) -> Result<()> {
         let mut msg = ipv4_route(dest, prefix_len, None, index, false);

@@ -23,6 +23,8 @@ pub struct Row {
     pub runtime: String,
     pub detached: bool,
     pub address: Option<Ipv4Addr>,
+    /// Published ports (`0.0.0.0:8080->80/tcp`).
+    pub ports: Vec<String>,
 }
 
 /// The rows `ps` shows, from one sweep; `net`: hpk-netd's status, for the addresses (ps
@@ -44,6 +46,13 @@ pub fn rows(
                 .collect()
         })
         .unwrap_or_default();
+    let mut ports: HashMap<&str, Vec<String>> = HashMap::new();
+    for p in net.map(|s| s.published.as_slice()).unwrap_or_default() {
+        ports
+            .entry(p.container.as_str())
+            .or_default()
+            .push(published(p));
+    }
     let rows = result
         .kept
         .into_iter()
@@ -56,6 +65,7 @@ pub fn rows(
             } = entry;
             Row {
                 address: addresses.get(record.id()).copied(),
+                ports: ports.remove(record.id()).unwrap_or_default(),
                 id: record.id().to_string(),
                 pid: (status != Status::Exited)
                     .then(|| dir.runtime_pid())
@@ -85,8 +95,8 @@ fn age(created: u64) -> String {
 
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<20} {:<10} {:>8} {:<16} {:<8} {:<10} {:<28} COMMAND",
-        "NAME", "STATUS", "PID", "ADDRESS", "RUNTIME", "CREATED", "IMAGE"
+        "{:<20} {:<10} {:>8} {:<16} {:<8} {:<10} {:<28} {:<24} COMMAND",
+        "NAME", "STATUS", "PID", "ADDRESS", "RUNTIME", "CREATED", "IMAGE", "PORTS"
     );
     for r in rows {
         let status = match r.status {
@@ -97,7 +107,7 @@ pub fn print_table(rows: &[Row]) {
             Status::Orphaned => "orphaned",
         };
         println!(
-            "{:<20} {:<10} {:>8} {:<16} {:<8} {:<10} {:<28} {}",
+            "{:<20} {:<10} {:>8} {:<16} {:<8} {:<10} {:<28} {:<24} {}",
             r.name,
             status,
             r.pid.map_or("-".into(), |p| p.to_string()),
@@ -105,6 +115,11 @@ pub fn print_table(rows: &[Row]) {
             r.runtime,
             age(r.created),
             r.image,
+            if r.ports.is_empty() {
+                "-".to_string()
+            } else {
+                r.ports.join(",")
+            },
             r.command.join(" ")
         );
     }
@@ -122,6 +137,39 @@ pub fn ps(ctx: &Ctx, all: bool, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print_table(&rows);
+    }
+    Ok(())
+}
+
+/// `0.0.0.0:8080->80/tcp`, as Podman prints a published port.
+fn published(p: &hpk_hook::proto::PublishedPort) -> String {
+    format!(
+        "{}->{}/{}",
+        p.listening, p.mapping.container_port, p.mapping.protocol
+    )
+}
+
+/// `hpktainer port [NAME]`: `80/tcp -> 0.0.0.0:8080` per published port.
+pub fn port(ctx: &Ctx, name: Option<&str>) -> Result<()> {
+    let net = crate::netd::status(&ctx.socket)?;
+    let mut swept = Vec::new();
+    let rows = rows(ctx, false, Some(&net), &mut swept)?;
+    if let Some(name) = name {
+        if !rows.iter().any(|r| r.name == name) {
+            anyhow::bail!("no running container named {name} (see `hpktainer ps`)");
+        }
+    }
+    for row in rows.iter().filter(|r| name.is_none_or(|n| r.name == n)) {
+        for p in net.published.iter().filter(|p| p.container == row.id) {
+            let line = format!(
+                "{}/{} -> {}",
+                p.mapping.container_port, p.mapping.protocol, p.listening
+            );
+            match name {
+                Some(_) => println!("{line}"),
+                None => println!("{}\t{line}", row.name),
+            }
+        }
     }
     Ok(())
 }

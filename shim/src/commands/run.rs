@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
 use hpk_hook::names::ANNOTATION_NAME;
+use hpk_hook::ports::{PortMapping, ANNOTATION_PORTS};
 use hpk_hook::proto::{ANNOTATION_IP, ANNOTATION_NETWORK};
 use tracing::debug;
 
@@ -70,6 +71,13 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
                 netd::check_address(&status, ip)?;
                 annotations.insert(ANNOTATION_IP.to_string(), ip.to_string());
             }
+            hpk_hook::ports::check_distinct(&opts.publish).map_err(anyhow::Error::msg)?;
+            if !opts.publish.is_empty() {
+                annotations.insert(
+                    ANNOTATION_PORTS.to_string(),
+                    PortMapping::format_list(&opts.publish),
+                );
+            }
             if let Some(served) = &status.names {
                 if let Some(explicit) = &opts.name {
                     netd::check_dns_name(served, explicit)?;
@@ -82,6 +90,9 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
     };
     if opts.ip.is_some() && opts.network == NetworkMode::None {
         bail!("--ip and --network none contradict each other: drop one");
+    }
+    if !opts.publish.is_empty() && opts.network == NetworkMode::None {
+        bail!("-p and --network none contradict each other: a port needs the network");
     }
     Ok(Checked {
         name,
