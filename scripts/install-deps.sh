@@ -12,7 +12,7 @@ packages=(
     mmdebstrap                                                  # make images' test: a local Debian base
     vagrant ruby                                                # vagrant/: validated (no VMs run here)
     etcd-server etcd-client slirp4netns passt                   # bubbles and the overlay
-    aardvark-dns dnsperf                                        # names: an upstream in tests, the DNS bench
+    aardvark-dns dnsperf socat                                  # names and ports: an upstream DNS, the DNS bench, a UDP server
     slurmctld slurmd slurm-client munge                         # the simulated Slurm cluster
     protobuf-compiler libprotobuf-dev                           # etcd-client's build
     build-essential pkg-config ca-certificates
