@@ -185,7 +185,7 @@ fn send_datagram(ns: &Netns, from: Ipv4Addr, to: Ipv4Addr, payload: Vec<u8>) {
 
 #[test]
 fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
-    let (mut cl, _servers) = userspace_cluster(3);
+    let (mut cl, mut servers) = userspace_cluster(3);
     let cs = cl.containers(3);
     reach_each_other(&cs);
 
@@ -226,8 +226,16 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
     assert!(cs[0].0.ping(&cs[1].1.to_string()), "traffic goes on");
 
     // h2 leaves: its hpk-netd is gone and its lease deleted. h0 forgets it, and sends it
-    // nothing more.
+    // nothing more, even a frame for h2's VtepMAC.
     let s2 = cl.hosts[2].subnet();
+    let vtep2 = s2.split('/').next().unwrap().to_owned();
+    let neighbours = cl.hosts[0].neighbours();
+    let mac2 = neighbours
+        .lines()
+        .find(|l| l.starts_with(&format!("{vtep2} ")))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "lladdr").nth(1))
+        .unwrap_or_else(|| panic!("h0 has no neighbour entry for h2's VTEP {vtep2}: {neighbours}"))
+        .to_owned();
     cl.hosts[2].netd_mut().proc.stop_with(Signal::SIGKILL);
     let out = cl.etcd.ctl(&[
         "del",
@@ -235,16 +243,78 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
     ]);
     assert!(out.status.success());
     let h0 = &cl.hosts[0];
-    wait_until("h2's route to go", Duration::from_secs(10), || {
-        !h0.routes_to(&s2)
-    });
+    wait_until(
+        "h2's route and neighbour to go",
+        Duration::from_secs(10),
+        || !h0.routes_to(&s2) && !h0.neighbours().contains(&mac2),
+    );
     assert_eq!(h0.netd().status().peers.len(), 1);
+    // Where h2 listened, a socket that counts what still arrives.
+    drop(servers.remove(2));
+    let h2_addr = cl.hosts[2].addr;
+    let where_h2_was = cl.hosts[2]
+        .ns
+        .spawn(move || UdpSocket::bind((h2_addr, VXLAN_PORT)).expect("bind where h2 listened"))
+        .join()
+        .unwrap();
     let sent = counter(h0, "tx_datagrams");
     assert!(!cs[0].0.ping(&cs[2].1.to_string()));
+
+    // A neighbour entry left pointing at h2's VtepMAC (put back by hand) still routes a
+    // frame into h0's VTEP: it no longer knows where that MAC lives, and drops it.
+    h0.ns.ip(&[
+        "neigh",
+        "replace",
+        &vtep2,
+        "lladdr",
+        &mac2,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    h0.ns.ip(&[
+        "route",
+        "replace",
+        &s2,
+        "via",
+        &vtep2,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    let unrouted = counter(h0, "drop_no_peer");
+    let c2 = cs[2].1;
+    h0.ns
+        .spawn(move || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            s.send_to(b"for h2", (c2, 9)).unwrap();
+        })
+        .join()
+        .unwrap();
+    wait_until(
+        "h0's VTEP to take the frame for h2's VtepMAC",
+        Duration::from_secs(5),
+        || counter(h0, "drop_no_peer") > unrouted || counter(h0, "tx_datagrams") > sent,
+    );
     assert_eq!(
         counter(h0, "tx_datagrams"),
         sent,
         "datagrams still sent to h2"
+    );
+    // Nothing reached h2's address: a marker sent after the frame arrives first.
+    send_datagram(&h0.ns, h0.addr, h2_addr, b"marker".to_vec());
+    where_h2_was
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = where_h2_was
+        .recv_from(&mut buf)
+        .expect("the marker reaches h2's address");
+    assert_eq!(
+        &buf[..n],
+        b"marker",
+        "{n} bytes from {from} reached h2's address after it left"
     );
 }
 

@@ -230,9 +230,10 @@ impl Vtep {
         match self {
             Vtep::Kernel(dev) => unroute_peer(dev, peer, true),
             Vtep::Userspace(dev, u) => {
-                let r = unroute_peer(dev, peer, false);
+                // Forgotten before unrouted: a frame still routed to it is dropped, and once
+                // its route is gone nothing can reach it.
                 u.peers.remove(peer.vtep_mac);
-                r
+                unroute_peer(dev, peer, false)
             }
         }
     }
