@@ -229,15 +229,36 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
     assert_narrow_modes(&c, &[1, 2, 3]);
     etcd_serves_only_the_cluster(&c);
 
-    // The outside world, through the bubbles' NAT.
-    // (The echo server never closes: busybox nc is ended once the answer is in.)
-    let out = c.in_container(2, "echo hello | nc 198.51.100.2 7777 & sleep 2; kill $!");
-    assert!(
-        stdout(&out).contains("hello"),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
+    // The outside world, through the bubbles' NAT: a detached busybox nc until the answer
+    // is in its log. Its input stays open: with the connection half-closed, the answer
+    // came back more than once at times.
+    let rootfs = c.rootfs.to_str().unwrap();
+    c.shell_ok(
+        2,
+        &[
+            "hpktainer",
+            "run",
+            "-d",
+            "--name",
+            "echo",
+            rootfs,
+            "sh",
+            "-c",
+            "(echo hello; exec sleep 600) | nc 198.51.100.2 7777",
+        ],
     );
+    let mut log = String::new();
+    let answered = || {
+        log = c.shell_ok(2, &["hpktainer", "logs", "echo"]);
+        log.contains("hello")
+    };
+    wait_until(
+        "the outside's answer in the container's log",
+        Duration::from_secs(20),
+        answered,
+    );
+    assert_eq!(log.trim(), "hello");
+    c.shell_ok(2, &["hpktainer", "rm", "--force", "echo"]);
     let peers = c.world.echo_peers.lock().unwrap().clone();
     assert!(peers.iter().any(|p| p.ip() == c.hosts[1].1), "{peers:?}");
 
@@ -256,7 +277,7 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
 
     // SIGTERM: nothing left but logs.
     for id in [3, 2, 1] {
-        let (code, err) = c.launcher(id).stop_with(Signal::SIGTERM);
+        let (code, err) = c.stop_launcher(id, Signal::SIGTERM);
         assert_eq!(code, Some(0), "bubble {id}: {err}");
     }
     assert_eq!(c.bubble_processes(), Vec::<String>::new());
@@ -289,8 +310,11 @@ fn node_first_then_controller_then_a_killed_node_is_replaced() {
         &ttl,
     );
     // The nodes wait; nothing is ready before the controller.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(c.launcher(2).alive() && !c.shared.join("bubble-2.json").exists());
+    for id in [2, 3] {
+        c.wait_for_log(id, "waiting for the controller");
+    }
+    assert!(c.launcher(2).alive() && c.launcher(3).alive());
+    assert!(!c.shared.join("bubble-2.json").exists() && !c.shared.join("bubble-3.json").exists());
     // Plain HTTP, when asked for: the nodes follow the controller's record.
     c.launch_with(
         0,

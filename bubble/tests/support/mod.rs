@@ -3,10 +3,13 @@
 //! commands and containers inside the bubbles.
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,6 +23,9 @@ pub struct Cluster {
     pub hosts: Vec<(Netns, Ipv4Addr)>,
     /// Every bubble's launcher, by bubble id; stopped (SIGTERM) on drop.
     pub launchers: Vec<(u32, Proc)>,
+    /// What each launcher wrote on stderr, read as it comes (by bubble id, like
+    /// `launchers`), so tests can wait for what a running launcher says.
+    pub launcher_logs: Vec<(u32, LauncherLog)>,
     pub shared: PathBuf,
     pub rootfs: PathBuf,
     pub dir: Scratch,
@@ -51,6 +57,7 @@ impl Cluster {
         Cluster {
             hosts,
             launchers: Vec::new(),
+            launcher_logs: Vec::new(),
             shared,
             rootfs,
             dir,
@@ -101,8 +108,55 @@ impl Cluster {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let proc = Proc::spawn(&format!("bubble {id}"), &mut cmd);
+        let mut proc = Proc::spawn(&format!("bubble {id}"), &mut cmd);
+        let stderr = proc.child.stderr.take().expect("Proc pipes stderr");
+        self.launcher_logs.push((id, LauncherLog::read(stderr)));
         self.launchers.push((id, proc));
+    }
+
+    fn log_of(&self, id: u32) -> &LauncherLog {
+        &self
+            .launcher_logs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .expect("launched")
+            .1
+    }
+
+    /// What bubble `id`'s launcher wrote on stderr so far.
+    pub fn launcher_log(&self, id: u32) -> String {
+        self.log_of(id).text()
+    }
+
+    /// Waits until bubble `id`'s launcher says `text`; panics with its log if it exits
+    /// first.
+    pub fn wait_for_log(&mut self, id: u32, text: &str) {
+        let mut exited = false;
+        wait_until(
+            &format!("bubble {id}'s launcher to say {text:?}"),
+            Duration::from_secs(60),
+            || {
+                exited = !self.launcher(id).alive();
+                exited || self.launcher_log(id).contains(text)
+            },
+        );
+        let log = self.launcher_log(id);
+        assert!(
+            log.contains(text),
+            "bubble {id}'s launcher exited before saying {text:?}: {log}"
+        );
+    }
+
+    /// Sends `sig` to bubble `id`'s launcher, waits for its exit; returns its exit code and
+    /// everything it wrote on stderr.
+    pub fn stop_launcher(
+        &mut self,
+        id: u32,
+        sig: nix::sys::signal::Signal,
+    ) -> (Option<i32>, String) {
+        let (code, _) = self.launcher(id).stop_with(sig);
+        (code, self.log_of(id).after_exit())
     }
 
     pub fn launcher(&mut self, id: u32) -> &mut Proc {
@@ -125,14 +179,17 @@ impl Cluster {
             || {
                 let launcher = self.launcher(id);
                 if !launcher.alive() {
-                    failed = Some(launcher.wait_exit(Duration::from_secs(1)));
+                    failed = Some(launcher.wait_exit(Duration::from_secs(1)).0);
                     return true;
                 }
                 record.exists()
             },
         );
-        if let Some((code, err)) = failed {
-            panic!("bubble {id} exited ({code:?}): {err}");
+        if let Some(code) = failed {
+            panic!(
+                "bubble {id} exited ({code:?}): {}",
+                self.log_of(id).after_exit()
+            );
         }
         serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap()
     }
@@ -229,6 +286,44 @@ impl Drop for Cluster {
                 p.stop_with(nix::sys::signal::Signal::SIGTERM);
             }
         }
+    }
+}
+
+/// A launcher's stderr, collected by a thread as the launcher writes it.
+pub struct LauncherLog {
+    text: Arc<Mutex<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl LauncherLog {
+    fn read(stderr: std::process::ChildStderr) -> LauncherLog {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        LauncherLog { text, reader }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// The whole log of a launcher that exited: once its last writer closed the pipe (as
+    /// reading it to the end did), or what came within 10 s if a leftover holds it open.
+    pub fn after_exit(&self) -> String {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.reader.is_finished() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.text()
     }
 }
 
