@@ -186,13 +186,15 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 
     /// A firewall that counts: its generation (0: it has none), whether its rules are
-    /// intact, and how often they were checked and applied.
+    /// intact, how often they were checked and applied, and the keeper's ticks (it asks
+    /// for the generation once a tick).
     #[derive(Default)]
     struct Counting {
         generation: AtomicU32,
         broken: AtomicBool,
         checks: AtomicUsize,
         applied: AtomicUsize,
+        ticks: AtomicUsize,
     }
 
     impl Firewall for Counting {
@@ -206,6 +208,7 @@ mod tests {
             !self.broken.load(SeqCst)
         }
         fn generation(&self) -> Option<u32> {
+            self.ticks.fetch_add(1, SeqCst);
             Some(self.generation.load(SeqCst)).filter(|&g| g != 0)
         }
     }
@@ -218,9 +221,8 @@ mod tests {
         });
         let every = Duration::from_millis(10);
         let keeper = tokio::spawn(keep_every(every, fw.clone(), vec![]));
-        let ticks = |n: u32| tokio::time::sleep(every * n);
         // Waits (at most 10 s: a loaded machine) for what must happen.
-        let until = |what: &'static str, done: &dyn Fn() -> bool| {
+        let until = |what: &str, done: &dyn Fn() -> bool| {
             let end = std::time::Instant::now() + Duration::from_secs(10);
             let ok = loop {
                 if done() {
@@ -233,7 +235,15 @@ mod tests {
             };
             assert!(ok, "{what}");
         };
-        ticks(10).await;
+        // The keeper's next `n` ticks, counted, not timed: a tick that began has asked
+        // for the generation, and one more began only after it ended.
+        let ticks = |n: usize| {
+            let from = fw.ticks.load(SeqCst);
+            until(&format!("{n} ticks of the keeper"), &|| {
+                fw.ticks.load(SeqCst) > from + n
+            });
+        };
+        ticks(10);
         assert_eq!(fw.checks.load(SeqCst), 1, "checked while nothing changed");
         // Something changed the ruleset, and removed our rules: restored, and checked
         // again at the next tick whatever the generation says.
@@ -244,9 +254,9 @@ mod tests {
         });
         fw.generation.store(3, SeqCst); // (the restore itself moves it)
         until("checked after the restore", &|| fw.checks.load(SeqCst) >= 4);
-        ticks(3).await;
+        ticks(3);
         let settled = fw.checks.load(SeqCst);
-        ticks(10).await;
+        ticks(10);
         assert_eq!(
             fw.checks.load(SeqCst),
             settled,
