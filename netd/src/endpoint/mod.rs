@@ -43,17 +43,24 @@ pub fn netns_of(pid: i32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
+/// The longest file name Linux file systems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// The longest container id: every file named after it (`<id>.json.tmp` the longest)
+/// must still be a valid file name.
+pub const MAX_ID_LEN: usize = NAME_MAX - store::LONGEST_SUFFIX;
+
 /// Container ids become file names and log fields: keep them to what runtimes allow.
 pub fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
-        && id.len() <= 256
+        && id.len() <= MAX_ID_LEN
         && !id.starts_with('.')
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b));
     if !ok {
         bail!(
-            "invalid container id {id:?}: 1 to 256 of A-Z a-z 0-9 _ + - . (not starting with '.')"
+            "invalid container id {id:?}: 1 to {MAX_ID_LEN} of A-Z a-z 0-9 _ + - . (not starting with '.')"
         );
     }
     Ok(())
@@ -76,11 +83,46 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        for ok in ["c1", "4f2a-b_c.d+e", &"x".repeat(256)] {
+        for ok in ["c1", "4f2a-b_c.d+e", &"x".repeat(64)] {
             validate_id(ok).unwrap();
         }
-        for bad in ["", ".hidden", "a/b", "a b", "../x", &"x".repeat(257)] {
+        for bad in ["", ".hidden", "a/b", "a b", "../x", &"x".repeat(300)] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// At the limit, every file made from the id can be created (the record saved and
+    /// read back); one byte more is refused.
+    #[test]
+    fn the_longest_id_names_files_that_can_be_made() {
+        let longest = "x".repeat(MAX_ID_LEN);
+        validate_id(&longest).unwrap();
+        let err = validate_id(&format!("{longest}x")).unwrap_err().to_string();
+        assert!(err.contains(&format!("1 to {MAX_ID_LEN}")), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("hpk-ids-{}", std::process::id()));
+        let tried = std::panic::catch_unwind(|| {
+            let store = store::Store::open(&dir).unwrap();
+            let record: store::Record = serde_json::from_value(serde_json::json!({
+                "spec": {"id": longest, "address": "10.244.3.2", "prefix_len": 24,
+                         "gateway": "10.244.3.1", "mtu": 1450, "tap": "tap0",
+                         "bubble_tap": bubble_tap_name(&longest), "kind": "veth",
+                         "pid": 4242, "pid_start": 1, "bridge": "hpk-bridge"},
+                "forwarder": null
+            }))
+            .unwrap();
+            store
+                .save(&record)
+                .expect("the record of the longest id is saved");
+            assert_eq!(store.load_all().records, [record]);
+            for name in store::file_names(&longest) {
+                std::fs::write(dir.join("endpoints").join(&name), b"")
+                    .unwrap_or_else(|e| panic!("a file name of {} bytes: {e}", name.len()));
+            }
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(panic) = tried {
+            std::panic::resume_unwind(panic);
         }
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::endpoint::EndpointSpec;
-use crate::sys::fs::write_atomically;
+use crate::sys::fs::{write_atomically, TMP_SUFFIX};
 use crate::sys::process::ProcId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,26 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// What the files of an endpoint are called after its id: its record, its pair's socket,
+/// its forwarder's log.
+const RECORD: &str = ".json";
+const SOCKET: &str = ".sock";
+const LOG: &str = ".log";
+
+/// The most an endpoint's file names add to its id: the record's, while it is written.
+pub const LONGEST_SUFFIX: usize = RECORD.len() + TMP_SUFFIX.len();
+const _: () = assert!(SOCKET.len() <= LONGEST_SUFFIX && LOG.len() <= LONGEST_SUFFIX);
+
+/// Every file name made from `id`: the record and its temporary name, socket, log.
+pub fn file_names(id: &str) -> [String; 4] {
+    [
+        format!("{id}{RECORD}"),
+        format!("{id}{RECORD}{TMP_SUFFIX}"),
+        format!("{id}{SOCKET}"),
+        format!("{id}{LOG}"),
+    ]
+}
+
 impl Store {
     pub fn open(state_dir: &Path) -> Result<Store> {
         let dir = state_dir.join("endpoints");
@@ -58,17 +78,17 @@ impl Store {
     }
 
     fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+        self.dir.join(format!("{id}{RECORD}"))
     }
 
     /// The UNIX socket of a socket endpoint's pair.
     pub fn socket_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.sock"))
+        self.dir.join(format!("{id}{SOCKET}"))
     }
 
     /// Where the forwarder of `id` writes its log.
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.log"))
+        self.dir.join(format!("{id}{LOG}"))
     }
 
     /// Whether a record file of `id` exists, readable or not.
@@ -125,7 +145,7 @@ impl Store {
             let Some(id) = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.strip_suffix(RECORD))
             else {
                 continue;
             };

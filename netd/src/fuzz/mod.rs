@@ -118,6 +118,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::from(u64::MAX)),
         prop_oneof![
             Just(String::new()),
+            // A file name's limit (255 bytes) and either side of it.
+            Just("x".repeat(255)),
+            Just("x".repeat(256)),
             Just("x".repeat(300)),
             Just("10.244.3.9".to_string()),
             Just("../../etc".to_string()),

@@ -104,11 +104,39 @@ fn subnet_env() {
     });
 }
 
-/// flannel's network config in etcd: parsed or refused, never a panic.
+/// flannel's network config in etcd: parsed or refused; what parses keeps the promises
+/// the agent relies on (a network address, subnets that fit it, from the first leasable
+/// to the last, a VNI and port vxlan can carry, an MTU a tap takes), and written again as
+/// flannel writes it, reads back the same.
 #[test]
 fn network_config() {
     run("network_config", Shape::Json, |input| {
-        NetworkConfig::parse(&String::from_utf8_lossy(input)).is_ok()
+        let Ok(c) = NetworkConfig::parse(&String::from_utf8_lossy(input)) else {
+            return false;
+        };
+        assert_eq!(c.network, c.network.trunc(), "Network is a network address");
+        assert!((c.network.prefix_len() + 2..=30).contains(&c.subnet_len));
+        let subnet = |a| ipnet::Ipv4Net::new(a, c.subnet_len).unwrap();
+        let (first, last) = (subnet(c.subnet_min), subnet(c.subnet_max));
+        assert!(c.fits(first) && c.fits(last), "{c:?}");
+        assert!(c.subnet_min <= c.subnet_max);
+        assert!(c.network.contains(&first) && c.network.contains(&last));
+        assert_eq!(c.subnets().next(), Some(first));
+        assert!((1..1 << 24).contains(&c.vni) && c.port != 0);
+        if let Some(mtu) = c.mtu {
+            assert!((576..=crate::sys::tap::MAX_TAP_MTU).contains(&mtu));
+        }
+        let written = serde_json::json!({
+            "Network": c.network.to_string(),
+            "SubnetLen": c.subnet_len,
+            "SubnetMin": c.subnet_min.to_string(),
+            "SubnetMax": c.subnet_max.to_string(),
+            "Backend": {"Type": "vxlan", "VNI": c.vni, "Port": c.port, "MTU": c.mtu},
+        });
+        let again = NetworkConfig::parse(&written.to_string())
+            .unwrap_or_else(|e| panic!("{written} does not parse: {e:#}"));
+        assert_eq!(again, c, "{written}");
+        true
     });
 }
 
@@ -136,18 +164,35 @@ fn lease() {
 }
 
 /// The control socket's requests (any local user allowed to connect): parsed or refused;
-/// an id that passes validation is a safe file name.
+/// what parses says the same once written again, and an id that passes validation makes
+/// file names that fit one directory entry each.
 #[test]
 fn control_request() {
     run("control_request", Shape::Json, |input| {
-        let request = serde_json::from_slice::<hpk_hook::proto::Request>(input);
-        if let Ok(hpk_hook::proto::Request::Attach(a)) = &request {
+        let Ok(request) = serde_json::from_slice::<hpk_hook::proto::Request>(input) else {
+            return false;
+        };
+        let again = serde_json::to_vec(&request).expect("requests serialize");
+        assert_eq!(
+            serde_json::from_slice::<hpk_hook::proto::Request>(&again).unwrap(),
+            request
+        );
+        if let hpk_hook::proto::Request::Attach(a) = &request {
             if crate::endpoint::validate_id(&a.id).is_ok() {
-                assert!(!a.id.contains('/') && a.id != "." && a.id != "..");
-                let _ = crate::endpoint::bubble_tap_name(&a.id);
+                for name in crate::endpoint::store::file_names(&a.id) {
+                    assert!(name.len() <= 255, "a file name of {} bytes", name.len());
+                    let parts: Vec<_> = Path::new(&name).components().collect();
+                    assert_eq!(
+                        parts,
+                        [std::path::Component::Normal(name.as_ref())],
+                        "{name:?} is one plain file name"
+                    );
+                    assert!(!name.contains('\0'));
+                }
+                assert_eq!(crate::endpoint::bubble_tap_name(&a.id).len(), 15);
             }
         }
-        request.is_ok()
+        true
     });
 }
 
@@ -168,7 +213,42 @@ fn hub_request() {
     });
 }
 
-/// The OCI state a runtime writes on the hook's stdin, and the annotations in it.
+/// What the hook makes of a container's annotations: an error only for an annotation of
+/// ours, opting out only for `network=none`, and the address and endpoint kind asked for
+/// exactly as written (no lenient reading of an address: `010.1.1.1` is no `10.1.1.1`).
+fn check_wish(annotations: &std::collections::HashMap<String, String>) {
+    use hpk_hook::hook::{wish, Wish};
+    use hpk_hook::proto::{ANNOTATION_ENDPOINT, ANNOTATION_IP, ANNOTATION_NETWORK};
+    let ours = |key: &str| annotations.get(key).map(String::as_str);
+    match wish(annotations) {
+        Err(e) => assert!(
+            annotations.keys().any(|k| k.starts_with("io.hpktainer.")),
+            "refused without an annotation of ours: {e:#}"
+        ),
+        Ok(Wish::OptOut) => assert_eq!(ours(ANNOTATION_NETWORK), Some("none")),
+        Ok(Wish::Attach {
+            address, endpoint, ..
+        }) => {
+            assert_ne!(ours(ANNOTATION_NETWORK), Some("none"));
+            assert_eq!(
+                address.map(|a| a.to_string()).as_deref(),
+                ours(ANNOTATION_IP)
+            );
+            match (endpoint, ours(ANNOTATION_ENDPOINT)) {
+                (None, None) => {}
+                (Some(kind), Some(written)) => {
+                    let value =
+                        clap::ValueEnum::to_possible_value(&kind).expect("kinds have names");
+                    assert!(value.matches(written, true), "{written:?} read as {kind:?}");
+                }
+                other => panic!("endpoint annotation and kind disagree: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The OCI state a runtime writes on the hook's stdin: one that parses has an id, reads
+/// back the same once written again, and its annotations are read as written.
 #[test]
 fn oci_state() {
     run("oci_state", Shape::Json, |input| {
@@ -176,21 +256,30 @@ fn oci_state() {
             return false;
         };
         assert!(!state.id().is_empty());
+        let again = serde_json::to_vec(&state).expect("states serialize");
+        assert_eq!(hpk_hook::hook::read_state(&again[..]).unwrap(), state);
         if let Some(a) = state.annotations() {
-            let _ = hpk_hook::hook::wish(a);
+            check_wish(a);
         }
         true
     });
 }
 
-/// A bundle's config.json, read by the hook when the state has no annotations.
+/// A bundle's config.json, read by the hook when the state has no annotations: one that
+/// parses reads back the same once written again, and its annotations are read as
+/// written.
 #[test]
 fn oci_config() {
     run("oci_config", Shape::Json, |input| {
         let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(input) else {
             return false;
         };
-        let _ = hpk_hook::hook::wish(&spec.annotations().clone().unwrap_or_default());
+        let again = serde_json::to_vec(&spec).expect("specs serialize");
+        assert_eq!(
+            serde_json::from_slice::<oci_spec::runtime::Spec>(&again).unwrap(),
+            spec
+        );
+        check_wish(&spec.annotations().clone().unwrap_or_default());
         true
     });
 }

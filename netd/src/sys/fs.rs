@@ -7,6 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Appended to a file's name while it is written (the longest name it ever has).
+pub const TMP_SUFFIX: &str = ".tmp";
+
 /// Writes `data` to `path` atomically with permission bits `mode`, creating its
 /// directory. With `durable`, the data reaches the disk before the rename, so a crash
 /// leaves the old file or the new one, never a torn one.
@@ -15,7 +18,7 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32, durable: bool) -> R
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(TMP_SUFFIX);
     let tmp = std::path::PathBuf::from(tmp);
     let written = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
