@@ -14,6 +14,18 @@ use testkit::runc::{bundle, BundleSpec};
 use testkit::world::echo_from;
 use testkit::*;
 
+/// Stops `c` as a runtime does and checks that its poststop hook detached its endpoint:
+/// hpk-netd would detach a dead container's endpoint by itself too, 5 s later, and say so.
+fn stop_by_poststop(netd: &testkit::netd::Netd, c: &testkit::runc::Container) {
+    c.stop();
+    assert_eq!(
+        netd.wait_detached(&c.id),
+        "poststop",
+        "{} was not detached by its poststop hook",
+        c.id
+    );
+}
+
 #[test]
 fn veth_endpoints_get_addresses_reach_each_other_and_the_outside() {
     reach_each_other_and_the_outside(&[], "veth");
@@ -143,7 +155,7 @@ fn a_killed_socket_client_is_restarted_with_its_server() {
     s.host.start_netd(&["--endpoint", "socket"]);
     drop(c2);
     let fw = s.host.forwarders();
-    c1.stop();
+    stop_by_poststop(s.host.netd(), &c1);
     s.host.netd().assert_empty(&s.host.ns, &fw);
     assert!(!sock1.exists() && !sock2.exists(), "a socket file is left");
 }
@@ -270,13 +282,13 @@ fn reach_each_other_and_the_outside(flags: &[&str], kind: &str) {
     assert_eq!(peers.last().unwrap().ip(), Ipv4Addr::new(192, 0, 2, 11));
 
     let fw = s.host.forwarders();
-    c1.stop();
+    stop_by_poststop(s.host.netd(), &c1);
     if hub {
         // The hub serves the other container still, then exits with the last.
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(fw[0]), None).is_ok();
         assert!(alive, "the hub left with the first container");
     }
-    c2.stop();
+    stop_by_poststop(s.host.netd(), &c2);
     s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
@@ -342,10 +354,10 @@ fn killed_runtime_endpoint_is_reclaimed() {
     let fw = vec![victim.forwarder_pid];
     runtime.stop_with(Signal::SIGKILL);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid), Signal::SIGKILL);
-    wait_until(
-        "the endpoint to be reclaimed",
-        Duration::from_secs(10),
-        || s.host.netd().status().endpoints.is_empty(),
+    // No poststop comes: hpk-netd detaches it itself once it has waited for one.
+    assert_eq!(
+        s.host.netd().wait_detached("doomed"),
+        "container exited, no poststop within 5s"
     );
     s.host.netd().assert_empty(&s.host.ns, &fw);
     let _ = s
@@ -396,7 +408,7 @@ fn netd_restart_keeps_traffic_flowing() {
         c3.ping(&a2.to_string()),
         "r3 cannot reach r2 through the hub"
     );
-    c3.stop();
+    stop_by_poststop(s.host.netd(), &c3);
     // A hub killed behind netd's back is rebuilt, with every endpoint's address.
     let victim = hub;
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL);
@@ -413,8 +425,8 @@ fn netd_restart_keeps_traffic_flowing() {
         "no traffic after the forwarder restart"
     );
     let fw = s.host.forwarders();
-    c1.stop();
-    c2.stop();
+    stop_by_poststop(s.host.netd(), &c1);
+    stop_by_poststop(s.host.netd(), &c2);
     s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
@@ -460,8 +472,8 @@ fn netd_restart_adopts_veth_endpoints_and_rebuilds_a_missing_one() {
     );
     // The rebuilt pair has the same MAC (from the address): c1's neighbour entry holds.
     assert!(c1.ping(&a2.to_string()), "no traffic to the rebuilt veth");
-    c1.stop();
-    c2.stop();
+    stop_by_poststop(s.host.netd(), &c1);
+    stop_by_poststop(s.host.netd(), &c2);
     s.host.netd().assert_empty(&s.host.ns, &[]);
 }
 
@@ -543,8 +555,8 @@ fn annotations_opt_out_and_request_an_address() {
     );
     let fw = s.host.forwarders();
     assert_eq!(fw.len(), 1);
-    c.stop();
-    t.stop();
+    stop_by_poststop(s.host.netd(), &c);
+    stop_by_poststop(s.host.netd(), &t);
     s.host.netd().assert_empty(&s.host.ns, &fw);
 }
 
@@ -751,7 +763,7 @@ fn takeover(tag: &str, flags: &[&str]) -> Takeover {
     let impersonated = echo_requests_in(&c1) - before;
     let forwarders = s.host.forwarders();
     for c in [&c1, &c2, &thief] {
-        c.stop();
+        stop_by_poststop(s.host.netd(), c);
     }
     s.host.netd().assert_empty(&s.host.ns, &forwarders);
     Takeover {
@@ -876,7 +888,141 @@ fn damaged_records_are_reported_and_never_trusted() {
         );
         assert!(!ipam.join(addr.to_string()).exists(), "{id}'s address left");
     }
-    c3.stop();
-    c4.stop();
+    stop_by_poststop(s.host.netd(), &c3);
+    stop_by_poststop(s.host.netd(), &c4);
     s.host.netd().assert_empty(&s.host.ns, &[]);
+}
+
+/// A container stopped while hpk-netd is down: its poststop finds no hpk-netd (the hook
+/// says so, the runtime deletes the container all the same), and the next hpk-netd
+/// detaches what it left and frees its address at start-up.
+#[test]
+fn a_poststop_while_netd_is_down_is_made_good_at_its_restart() {
+    let mut s = Site::flannel("10.244.3.1/24");
+    let c = s.host.runc.run("orphan", &s.host.bundle).unwrap();
+    let address = s.host.address_of("orphan");
+    let claim = s
+        .host
+        .dir
+        .join(format!("state/ipam/10.244.3.0-24/{address}"));
+    let record = s.host.dir.join("state/endpoints/orphan.json");
+    assert!(claim.exists() && record.exists());
+    let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    let _ = s.host.runc.cmd().args(["kill", "orphan", "KILL"]).output();
+    wait_until("orphan to stop", Duration::from_secs(10), || {
+        c.state()["status"] != "running"
+    });
+    let out = s
+        .host
+        .runc
+        .cmd()
+        .args(["delete", "orphan"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hpk-netd is not running: no socket at"),
+        "the poststop hook did not meet hpk-netd's absence: {err}"
+    );
+    assert!(
+        claim.exists() && record.exists(),
+        "something detached it without hpk-netd"
+    );
+
+    s.host.start_netd(&[]);
+    assert_eq!(
+        s.host.netd().wait_detached("orphan"),
+        "container exited while hpk-netd was down"
+    );
+    assert!(!claim.exists() && !record.exists());
+    s.host.netd().assert_empty(&s.host.ns, &[]);
+    // Its address is free again: a container asking for it gets it.
+    let wanted = address.to_string();
+    let asks = bundle(
+        &s.scratch.0,
+        "asks",
+        &BundleSpec {
+            args: &["sleep", "600"],
+            socket: &s.host.netd().socket,
+            annotations: &[("io.hpktainer.ip", &wanted)],
+            rootless: false,
+            no_hooks: false,
+        },
+    );
+    let heir = s
+        .host
+        .runc
+        .run("heir", &asks)
+        .expect("a container gets the freed address");
+    assert_eq!(s.host.address_of("heir"), address);
+    stop_by_poststop(s.host.netd(), &heir);
+    s.host.netd().assert_empty(&s.host.ns, &[]);
+}
+
+/// A tap endpoint's forwarder that keeps dying is restarted, with the same address, five
+/// times in a row; its sixth death gives the endpoint up, with the forwarder's last log
+/// lines in hpk-netd's log. The container keeps running, without a network.
+#[test]
+fn a_forwarder_that_keeps_dying_is_given_up() {
+    let s = Site::flannel_with(
+        "10.244.3.1/24",
+        &["--endpoint", "tap", "--tap-hub", "false"],
+    );
+    let c = s.host.runc.run("frail", &s.host.bundle).unwrap();
+    let address = s.host.address_of("frail");
+    let kill = |pid: i32| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap()
+    };
+    let mut dead = vec![s.host.forwarders()[0]];
+    for death in 1..=5 {
+        kill(*dead.last().unwrap());
+        let mut now = Vec::new();
+        wait_until(
+            &format!("the forwarder's restart after death {death}"),
+            Duration::from_secs(20),
+            || {
+                now = s.host.forwarders();
+                now.len() == 1 && !dead.contains(&now[0])
+            },
+        );
+        assert_eq!(s.host.address_of("frail"), address, "death {death}");
+        dead.push(now[0]);
+    }
+    assert!(
+        c.ping("10.244.3.1"),
+        "no traffic through the fifth forwarder"
+    );
+    assert!(s.host.netd().detach_reason("frail").is_none());
+    // A line of the forwarder's own, to find in hpk-netd's log.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.host.dir.join("state/endpoints/frail.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, b"forwarder-last-words\n").unwrap();
+    kill(*dead.last().unwrap());
+    assert_eq!(
+        s.host.netd().wait_detached("frail"),
+        "forwarder keeps dying"
+    );
+    let given_up = s
+        .host
+        .netd()
+        .log()
+        .lines()
+        .find(|l| l.contains("forwarder keeps dying; giving the endpoint up"))
+        .map(str::to_owned)
+        .expect("no give-up line");
+    assert!(
+        given_up.contains("restarts=6") && given_up.contains("forwarder-last-words"),
+        "{given_up}"
+    );
+    s.host.netd().assert_empty(&s.host.ns, &dead);
+    assert_eq!(c.state()["status"], "running");
+    wait_until(
+        "the container's tap0 to go",
+        Duration::from_secs(10),
+        || !c.exec(&["ip", "link", "show", "tap0"]).status.success(),
+    );
+    c.stop();
 }

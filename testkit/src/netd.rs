@@ -102,6 +102,34 @@ impl Netd {
         self.try_status().expect("hpk-netd answers status")
     }
 
+    /// Why hpk-netd detached container `id`, from the last line it logged for it:
+    /// `detached id="ID" address=ADDR why="REASON"`. The reason is `poststop` when the
+    /// hook's poststop detached it, `container exited, no poststop within 5s` when
+    /// hpk-netd found the container dead and no poststop came, `container exited while
+    /// hpk-netd was down` at a restart, `forwarder keeps dying` when it gave it up.
+    pub fn detach_reason(&self, id: &str) -> Option<String> {
+        let entry = format!(" detached id=\"{id}\" ");
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains(&entry))?;
+        let why = &line[line.find(" why=\"")? + 6..];
+        Some(why[..why.find('"')?].to_owned())
+    }
+
+    /// Waits until hpk-netd has detached `id` (a dead container's endpoint waits 5 s for
+    /// its poststop) and returns why.
+    pub fn wait_detached(&self, id: &str) -> String {
+        let mut why = None;
+        wait_until(
+            &format!("hpk-netd to log {id}'s detach"),
+            Duration::from_secs(20),
+            || {
+                why = self.detach_reason(id);
+                why.is_some()
+            },
+        );
+        why.unwrap()
+    }
+
     /// Asserts that no endpoint, address, record or forwarder is left, once the
     /// background teardowns that detaches start have finished.
     pub fn assert_empty(&self, bubble: &Netns, forwarders: &[i32]) {

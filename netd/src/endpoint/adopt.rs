@@ -28,8 +28,9 @@ impl Endpoints {
                     start: record.spec.pid_start,
                 };
                 if !container.alive() {
-                    info!(id, "container exited while hpk-netd was down; detaching");
                     svc.teardown(&record);
+                    let address = record.spec.attachment.address;
+                    info!(id, %address, why = "container exited while hpk-netd was down", "detached");
                     continue;
                 }
                 let env = &svc.settings.env;

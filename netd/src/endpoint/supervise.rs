@@ -1,7 +1,8 @@
 //! Supervision of one endpoint: a task waits on two pidfds, the container's process (its
-//! exit without a poststop detaches the endpoint) and the forwarder's of a tap endpoint
-//! (its death while the container lives rebuilds the data path with the same address,
-//! within a restart budget). A veth has no process: only the container is watched.
+//! exit detaches the endpoint when no poststop does within a grace period) and the
+//! forwarder's of a tap endpoint (its death while the container lives rebuilds the data
+//! path with the same address, within a restart budget). A veth has no process: only the
+//! container is watched.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -23,6 +24,14 @@ const MAX_RESTARTS: u32 = 5;
 /// A forwarder that ran this long resets the restart count.
 const RESTART_BUDGET_RESET: Duration = Duration::from_secs(60);
 
+/// Tries to start a dead forwarder's replacement before the endpoint is given up.
+const START_ATTEMPTS: u32 = 5;
+
+/// How long a dead container's endpoint is left to its poststop hook, which runtimes run
+/// right after the container's death, before hpk-netd detaches it itself (a runtime
+/// killed with its container runs none). The log then says truly which of the two did.
+const POSTSTOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A pidfd registered with the reactor: readable once the process has exited.
 fn exit_notifier(watch: PidWatch) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd is moved into the AsyncFd and stays open as long as it lives.
@@ -43,7 +52,7 @@ impl Endpoints {
         {
             Ok(Some(fd)) => fd,
             Ok(None) => {
-                let _ = self.detach(&id, "container process is gone");
+                self.reap_without_poststop(&id, &stop).await;
                 return;
             }
             // A live container keeps its endpoint; only the watching is lost.
@@ -66,7 +75,7 @@ impl Endpoints {
                 biased;
                 _ = stop.notified() => return,
                 _ = container_fd.readable() => {
-                    let _ = self.detach(&id, "container exited (no poststop seen)");
+                    self.reap_without_poststop(&id, &stop).await;
                     return;
                 }
                 _ = any_exit(&fds) => {}
@@ -90,7 +99,7 @@ impl Endpoints {
                 reap(p.pid);
             }
             if !container.alive() {
-                let _ = self.detach(&id, "container exited");
+                self.reap_without_poststop(&id, &stop).await;
                 return;
             }
             // A forwarder that ran for a while earned a fresh budget.
@@ -116,23 +125,32 @@ impl Endpoints {
                 forwarder_log = tail,
                 "forwarder exited while its container runs; restarting it"
             );
-            let backoff = Duration::from_millis(100 << (restarts - 1).min(5));
-            tokio::select! {
-                biased;
-                _ = stop.notified() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            let svc = self.clone();
-            let spec = record.spec.clone();
-            let started = tokio::task::spawn_blocking(move || svc.start_data_path(&spec)).await;
-            let path = match started {
-                Ok(Ok(path)) => path,
-                Ok(Err(e)) => {
-                    error!(id, error = %format!("{e:#}"), "cannot restart the forwarder");
-                    let _ = self.detach(&id, "forwarder could not be restarted");
-                    return;
+            let mut attempt = 0;
+            let path = loop {
+                attempt += 1;
+                let backoff = Duration::from_millis(100 << (restarts + attempt - 2).min(5));
+                tokio::select! {
+                    biased;
+                    _ = stop.notified() => return,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
-                Err(_) => return,
+                let svc = self.clone();
+                let spec = record.spec.clone();
+                let started = tokio::task::spawn_blocking(move || svc.start_data_path(&spec)).await;
+                match started {
+                    Ok(Ok(path)) => break path,
+                    // A child of ours started while the dead forwarder's taps were being
+                    // handed over holds them (and their names) until it exits: try again.
+                    Ok(Err(e)) if attempt < START_ATTEMPTS && container.alive() => {
+                        warn!(id, attempt, error = %format!("{e:#}"), "cannot restart the forwarder yet; retrying");
+                    }
+                    Ok(Err(e)) => {
+                        error!(id, attempt, error = %format!("{e:#}"), "cannot restart the forwarder");
+                        let _ = self.detach(&id, "forwarder could not be restarted");
+                        return;
+                    }
+                    Err(_) => return,
+                }
             };
             record.path = path;
             // A detach may have come while we rebuilt: then the new processes are not ours.
@@ -158,6 +176,22 @@ impl Endpoints {
             .await;
             if !still_ours {
                 return;
+            }
+        }
+    }
+
+    /// The container of `id` has exited: its poststop hook detaches the endpoint (and
+    /// notifies `stop`); when none comes within [`POSTSTOP_GRACE`], it is detached here.
+    async fn reap_without_poststop(self: &Arc<Self>, id: &str, stop: &Arc<Notify>) {
+        tokio::select! {
+            biased;
+            _ = stop.notified() => {}
+            _ = tokio::time::sleep(POSTSTOP_GRACE) => {
+                if self.still_ours(id, stop) {
+                    let secs = POSTSTOP_GRACE.as_secs();
+                    let why = format!("container exited, no poststop within {secs}s");
+                    let _ = self.detach(id, &why);
+                }
             }
         }
     }

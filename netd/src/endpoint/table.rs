@@ -288,17 +288,29 @@ impl Endpoints {
     pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<Attachment> {
         validate_id(&req.id)?;
         loop {
-            let leaving = {
+            let (leaving, dead) = {
                 let slots = self.slots.lock().unwrap();
                 match slots.get(&req.id) {
-                    Some(Slot::Leaving { done, .. }) => Some(done.clone()),
-                    _ => None,
+                    Some(Slot::Leaving { done, .. }) => (Some(done.clone()), false),
+                    // A container that died without a poststop keeps its endpoint for a
+                    // grace period: its id may be used again at once all the same.
+                    Some(Slot::Ready { record, .. }) => {
+                        let owner = ProcId {
+                            pid: record.spec.pid,
+                            start: record.spec.pid_start,
+                        };
+                        (None, record.spec.pid != req.pid && !owner.alive())
+                    }
+                    _ => (None, false),
                 }
             };
             // A previous container of this id is still being torn down: wait for it.
             match leaving {
                 Some(mut done) => {
                     let _ = done.wait_for(|gone| *gone).await;
+                }
+                None if dead => {
+                    self.detach(&req.id, "container exited; its id is attached again")?;
                 }
                 None => break,
             }
