@@ -6,10 +6,9 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use support::{stderr, stdout, Env};
-use testkit::{run, wait_until};
+use testkit::run;
 
 struct Podman<'a> {
     env: &'a Env,
@@ -124,6 +123,18 @@ fn installed_hooks(env: &Env) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Podman's full ids of the containers `names` (hpk-netd's endpoints carry them).
+fn podman_ids(p: &Podman, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| {
+            p.ok(&[], &["inspect", "--format", "{{.Id}}", n])
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
 fn tap_address(text: &str) -> Option<String> {
     text.split_whitespace()
         .skip_while(|w| *w != "inet")
@@ -195,13 +206,14 @@ fn podman_runs_our_hooks_from_hooks_d() {
     let b_addr = tap_address(&b).unwrap();
     p.ok(&[], &["exec", "pa", "ping", "-c", "1", "-W", "2", &b_addr]);
     assert_eq!(env.netd.status().endpoints.len(), 2);
-    // Podman runs poststop itself at cleanup: hpk-netd frees both.
+    // Podman runs poststop itself at cleanup: its hook frees both (hpk-netd's own reaping
+    // of dead containers would too, later: its log tells which one did).
+    let ids = podman_ids(&p, &["pa", "pb"]);
     p.ok(&[&hooks], &["rm", "--force", "--time", "0", "pa", "pb"]);
-    wait_until(
-        "podman's poststop to detach",
-        Duration::from_secs(20),
-        || env.netd.status().endpoints.is_empty(),
-    );
+    for id in &ids {
+        assert_eq!(env.netd.wait_detached(id), "poststop", "{id}");
+    }
+    assert!(env.netd.status().endpoints.is_empty());
     drop(p);
     env.ok(&[
         "hooks",
@@ -290,10 +302,11 @@ fn podman_with_hpktainer_runtime(real: &str, net: &str) {
         &["exec", "rt1", "cat", "/sys/class/net/tap0/mtu"],
     );
     assert_eq!(inside.trim(), "1450");
+    let ids = podman_ids(&p, &["rt1"]);
     p.ok(&[&runtime], &["rm", "--force", "--time", "0", "rt1"]);
-    wait_until("poststop to detach", Duration::from_secs(20), || {
-        env.netd.status().endpoints.is_empty()
-    });
+    // The runtime's poststop (from the config.json hpktainer runtime edited) detached it.
+    assert_eq!(env.netd.wait_detached(&ids[0]), "poststop");
+    assert!(env.netd.status().endpoints.is_empty());
     drop(p);
     env.assert_clean();
 }
