@@ -19,6 +19,8 @@ pub enum ClientError {
     PermissionDenied(PathBuf),
     #[error("hpk-netd did not answer within {1:?} on {0}")]
     Timeout(PathBuf, Duration),
+    #[error("hpk-netd did not answer on {0}: the connection closed first (hpk-netd stopped?)")]
+    NoAnswer(PathBuf),
     #[error("talking to hpk-netd on {0}: {1}")]
     Io(PathBuf, io::Error),
     #[error("hpk-netd sent an answer this client does not understand: {0}")]
@@ -63,6 +65,10 @@ impl Client {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 ClientError::Timeout(self.path.clone(), self.timeout)
             }
+            // The other end went away with our request unanswered.
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                ClientError::NoAnswer(self.path.clone())
+            }
             _ => ClientError::Io(self.path.clone(), e),
         };
         let mut stream = UnixStream::connect(&self.path).map_err(|e| match e.kind() {
@@ -89,12 +95,40 @@ impl Client {
             read.map_err(io_err)?;
         }
         if answer.is_empty() {
-            return Err(ClientError::BadResponse(
-                "connection closed without an answer".into(),
-            ));
+            return Err(ClientError::NoAnswer(self.path.clone()));
         }
         serde_json::from_slice(&answer).map_err(|e| {
             ClientError::BadResponse(format!("{e}: {}", String::from_utf8_lossy(&answer).trim()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that takes the request and closes without answering (one killed in the
+    /// middle of it) did not answer: not a garbled answer, not a refusal.
+    #[test]
+    fn a_connection_closed_unanswered_is_no_answer() {
+        let dir = std::env::temp_dir().join(format!("hpk-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("netd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            request
+        });
+        let err = Client::new(&path).call(&Request::Status).unwrap_err();
+        assert!(server.join().unwrap().contains("status"));
+        assert!(matches!(err, ClientError::NoAnswer(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with("hpk-netd did not answer on"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

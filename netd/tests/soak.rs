@@ -105,11 +105,18 @@ fn address_inside(c: &Container) -> Option<Ipv4Addr> {
     cidr.split('/').next()?.parse().ok()
 }
 
+/// What the hook says when hpk-netd is away (hooks/src/client.rs): no socket, nothing
+/// listening on it, or the connection closed (or timed out) before an answer. Any other
+/// refusal is a failure.
+const AWAY: [&str; 2] = ["hpk-netd is not running", "hpk-netd did not answer"];
+
 /// What the streams saw.
 #[derive(Default)]
 struct Tally {
     started: usize,
     refused: usize,
+    /// Refusals by the message of [`AWAY`] they carried.
+    refused_as: [usize; AWAY.len()],
     /// Addresses of running containers, to catch one handed out twice.
     live: HashMap<Ipv4Addr, String>,
 }
@@ -135,11 +142,14 @@ fn churn(
                     let c = match runc.run(&id, &bundles[(s + i) % bundles.len()]) {
                         Ok(c) => c,
                         Err(e) => {
-                            assert!(
-                                e.contains("hpk-netd"),
-                                "{id} refused for another reason: {e}"
-                            );
-                            tally.lock().unwrap().refused += 1;
+                            let Some(why) = AWAY.iter().position(|m| e.contains(m)) else {
+                                panic!(
+                                    "{id} refused for another reason than hpk-netd's absence: {e}"
+                                );
+                            };
+                            let mut t = tally.lock().unwrap();
+                            t.refused += 1;
+                            t.refused_as[why] += 1;
                             continue;
                         }
                     };
@@ -252,7 +262,16 @@ fn churn_while_netd_is_killed_at_random_leaks_nothing() {
         let (code, _) = s.host.netd_mut().proc.stop_with(Signal::SIGKILL);
         assert_eq!(code, None, "hpk-netd had exited by itself");
         kills += 1;
-        std::thread::sleep(dice.ms(0, 300));
+        if kills == 1 {
+            // The first outage lasts until a start meets it: refusals surely happen.
+            wait_until(
+                "a start to be refused while hpk-netd is away",
+                Duration::from_secs(30),
+                || tally.lock().unwrap().refused > 0 || streams.is_finished(),
+            );
+        } else {
+            std::thread::sleep(dice.ms(0, 300));
+        }
         s.host.start_netd(&[]);
     }
     streams.join().unwrap();
@@ -262,12 +281,56 @@ fn churn_while_netd_is_killed_at_random_leaks_nothing() {
     assert!(no_daemons_left(&s.host.dir), "forwarders left");
     let t = tally.lock().unwrap();
     eprintln!(
-        "soak netd kills: {} cycles in {secs:.1} s, hpk-netd SIGKILLed {kills} times; {} containers ran (each with its own address), {} starts refused while it was away; left: nothing",
+        "soak netd kills: {} cycles in {secs:.1} s, hpk-netd SIGKILLed {kills} times; {} containers ran (each with its own address), {} starts refused while it was away ({} \"{}\", {} \"{}\"); left: nothing",
         t.started + t.refused,
         t.started,
-        t.refused
+        t.refused,
+        t.refused_as[0],
+        AWAY[0],
+        t.refused_as[1],
+        AWAY[1],
     );
     assert!(t.started > 0, "no container ever started");
+    assert!(
+        t.refused > 0,
+        "no start met hpk-netd away: the faults tested nothing"
+    );
+}
+
+/// The refusal the soak counts, one at a time: a start while hpk-netd is away fails with
+/// the hook's message (no socket after a clean stop, nothing listening after a kill), and
+/// the next start after hpk-netd's return works.
+#[test]
+fn a_start_while_netd_is_away_is_refused_and_works_once_it_is_back() {
+    let mut s = Site::flannel("10.244.3.1/24");
+    for (signal, says) in [
+        (Signal::SIGTERM, "hpk-netd is not running: no socket at"),
+        (
+            Signal::SIGKILL,
+            "hpk-netd is not running: nothing listens on",
+        ),
+    ] {
+        s.host.netd_mut().proc.stop_with(signal);
+        let away = format!("away-{}", signal.as_str().to_lowercase());
+        let err = s
+            .host
+            .runc
+            .run(&away, &s.host.bundle)
+            .expect_err("a container started with hpk-netd away");
+        assert!(err.contains(says), "{away}: {err}");
+        assert!(AWAY.iter().any(|m| err.contains(m)), "{err}");
+        s.host.start_netd(&[]);
+        let back = format!("back-{}", signal.as_str().to_lowercase());
+        let c = s
+            .host
+            .runc
+            .run(&back, &s.host.bundle)
+            .expect("a start once hpk-netd is back");
+        assert_eq!(address_inside(&c), Some(s.host.address_of(&back)));
+        c.stop();
+        assert_eq!(s.host.netd().wait_detached(&back), "poststop");
+    }
+    s.host.netd().assert_empty(&s.host.ns, &[]);
 }
 
 #[test]
