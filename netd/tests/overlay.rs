@@ -392,3 +392,33 @@ fn renewal_never_overwrites_a_subnet_another_node_took() {
         "our renewal overwrote another node's lease"
     );
 }
+
+/// A /16 whose SubnetMin and SubnetMax leave room for one subnet: the first node leases
+/// it; the next finds none, says so and exits, having leased and written nothing.
+#[test]
+fn a_network_out_of_subnets_refuses_the_next_node() {
+    let mut cl = Cluster::new(2);
+    cl.etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.7.0","SubnetMax":"10.244.7.0","Backend":{"Type":"vxlan"}}"#,
+    );
+    cl.hosts[0].start_netd_etcd(&cl.etcd, &[]);
+    assert_eq!(cl.hosts[0].subnet(), "10.244.7.0/24");
+    let mut late = cl.hosts[1].spawn_netd_etcd(&cl.etcd.url);
+    let (code, _) = late.wait_exit(Duration::from_secs(30));
+    let log = std::fs::read_to_string(cl.hosts[1].dir.join("netd.log")).unwrap();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("network 10.244.0.0/16 has no free subnet (1 leased)"),
+        "{log}"
+    );
+    let leases = cl.etcd.get_prefix(&format!("{PREFIX}/subnets/"));
+    assert_eq!(
+        leases.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        [format!("{PREFIX}/subnets/10.244.7.0-24")],
+    );
+    assert!(!cl.hosts[1].dir.join("subnet.env").exists());
+    assert!(!cl.hosts[1].dir.join("netd.sock").exists());
+    // The first node is unaffected.
+    assert_eq!(cl.hosts[0].subnet(), "10.244.7.0/24");
+}
