@@ -160,17 +160,81 @@ fn kernel_vxlan_peers_and_a_flanneld_node_talk_to_a_userspace_vtep() {
         Arc::new(AtomicBool::new(true)),
     )
     .check();
-    // The flanneld node (a kernel flannel.1 set up as flanneld does) both ways.
+    // The flanneld node (a kernel flannel.1 set up as flanneld does, on a LAN link that
+    // offloads checksums) with a pod behind cni0, both ways: ping, 8 MB of TCP with its
+    // checksum, and UDP. Its inner segments arrive with partial checksums.
     wait_until(
         "a route to the flanneld node",
         Duration::from_secs(10),
         || cl.hosts[0].routes_to("10.244.200.0/24"),
     );
+    let pod = flanneld_pod(&cl.hosts[2].ns, &format!("{}-pod", cl.world.prefix));
+    let pod_addr = Ipv4Addr::new(10, 244, 200, 2);
     assert!(cs[0].0.ping(&fixture.to_string()), "userspace to flanneld");
+    assert!(cs[0].0.ping(&pod_addr.to_string()), "userspace to the pod");
     assert!(
-        cl.hosts[2].ns.ping(&cs[0].1.to_string()),
-        "flanneld node to the userspace VTEP's container"
+        pod.ping(&cs[0].1.to_string()),
+        "the pod to the userspace VTEP's container"
     );
+    let done = || Arc::new(AtomicBool::new(true));
+    tcp_stream(&pod.path(), &cs[0].0.netns(), pod_addr, 8 << 20, done()).check();
+    tcp_stream(&cs[0].0.netns(), &pod.path(), cs[0].1, 8 << 20, done()).check();
+    assert_eq!(
+        udp_exchange(&pod.path(), pod_addr, &cs[0].0.netns()),
+        "pong"
+    );
+    assert_eq!(udp_exchange(&cs[0].0.netns(), cs[0].1, &pod.path()), "pong");
+    // The partial checksums were really there (else this test proves nothing).
+    assert!(
+        counter(&cl.hosts[0], "rx_partial_checksum") > 0,
+        "no partial checksum arrived: {:?}",
+        underlay(&cl.hosts[0]).counters
+    );
+}
+
+/// A pod behind the flanneld node's cni0: a namespace with 10.244.200.2.
+fn flanneld_pod(node: &Netns, name: &str) -> Netns {
+    let pod = Netns::new(name.to_owned());
+    run(std::process::Command::new("ip").args([
+        "link", "add", "veth-pod", "netns", &node.name, "type", "veth", "peer", "name", "eth0",
+        "netns", &pod.name,
+    ]));
+    node.ip(&["link", "set", "veth-pod", "master", "cni0", "up"]);
+    run(node.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+    pod.ip(&["addr", "add", "10.244.200.2/24", "dev", "eth0"]);
+    // flanneld's CNI config gives pods the overlay's MTU.
+    node.ip(&["link", "set", "veth-pod", "mtu", "1450"]);
+    pod.ip(&["link", "set", "eth0", "mtu", "1450", "up"]);
+    pod.ip(&["link", "set", "lo", "up"]);
+    pod.ip(&["route", "add", "default", "via", "10.244.200.1"]);
+    pod
+}
+
+/// One datagram from the namespace at `client` to a UDP server at `addr` in `server`;
+/// the answer.
+fn udp_exchange(server: &std::path::Path, addr: Ipv4Addr, client: &std::path::Path) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = spawn_in(server, move || {
+        let s = UdpSocket::bind((addr, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tx.send(s.local_addr().unwrap().port()).unwrap();
+        let mut buf = [0u8; 64];
+        let (_, peer) = s.recv_from(&mut buf).unwrap();
+        s.send_to(b"pong", peer).unwrap();
+    });
+    let port = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let answer = spawn_in(client, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(&[7u8; 1000], (addr, port)).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .join()
+    .unwrap();
+    srv.join().unwrap();
+    answer
 }
 
 /// Sends `payload` to host `to`'s vxlan port from `from` (an address in namespace `ns`).

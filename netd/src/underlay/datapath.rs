@@ -39,6 +39,8 @@ pub struct Path {
     pub port: u16,
     pub peers: Arc<PeerTable>,
     pub counters: Arc<Counters>,
+    /// The tap's MTU: a longer frame from a peer goes in as a GSO frame.
+    pub mtu: usize,
 }
 
 /// Sizes the socket's buffers and turns on UDP GRO; says what the kernel granted.
@@ -175,7 +177,7 @@ fn to_socket(p: &Path, gso: bool) -> io::Error {
 fn to_tap(p: &Path) -> io::Error {
     let c = &p.counters;
     let mut bufs = vec![vec![0u8; RX_BUF]; RX_BATCH];
-    let mut coalescer = Coalescer::default();
+    let mut coalescer = Coalescer::with_mtu(p.mtu);
     let mut received: Vec<(usize, Option<Ipv4Addr>, usize, bool)> = Vec::with_capacity(RX_BATCH);
     let mut write_errors: Option<io::Error> = None;
     loop {
@@ -236,6 +238,7 @@ fn to_tap(p: &Path) -> io::Error {
             }
         }
         coalescer.flush(&mut |f| write(p, f, &mut write_errors));
+        bump(&c.rx_partial_checksum, coalescer.take_partial() as usize);
         if let Some(e) = write_errors.take() {
             return e;
         }

@@ -45,6 +45,8 @@ pub struct Counters {
     pub rx_bytes: AtomicU64,
     /// Frames written to the tap (joined segments count once).
     pub rx_frames: AtomicU64,
+    /// Segments whose checksum a kernel peer left partial (passed on marked so).
+    pub rx_partial_checksum: AtomicU64,
     pub drop_no_peer: AtomicU64,
     pub drop_unsendable: AtomicU64,
     pub drop_send_error: AtomicU64,
@@ -69,6 +71,7 @@ impl Counters {
             ("rx_datagrams", c(&self.rx_datagrams)),
             ("rx_bytes", c(&self.rx_bytes)),
             ("rx_frames", c(&self.rx_frames)),
+            ("rx_partial_checksum", c(&self.rx_partial_checksum)),
             ("drop_no_peer", c(&self.drop_no_peer)),
             ("drop_unsendable", c(&self.drop_unsendable)),
             ("drop_send_error", c(&self.drop_send_error)),

@@ -142,6 +142,97 @@ fn u32_at(buf: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
+/// Where the checksum of `frame`'s TCP or UDP segment is still to be computed, when it
+/// holds only the pseudo-header's sum: a kernel vxlan peer on a link that offloads
+/// checksums (a veth, virtio between VMs of one host) sends inner segments so, and its
+/// own receiver keeps that state with the packet. Such a frame is legal here and must
+/// reach the container intact: the tap is told (`F_NEEDS_CSUM`, as a partial checksum),
+/// and the kernel completes it if the frame leaves again. `(csum_start, csum_offset)`.
+pub fn partial_checksum(frame: &[u8]) -> Option<(u16, u16)> {
+    const PROTO_UDP: u8 = 17;
+    if frame.len() < ETH_LEN + 20 || frame[12..14] != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = ETH_LEN;
+    let ihl = (frame[ip] & 0x0f) as usize * 4;
+    let proto = frame[ip + 9];
+    let offset = match proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        _ => return None,
+    };
+    let end = ip + u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]) as usize;
+    let l4 = ip + ihl;
+    let fragment = u16::from_be_bytes([frame[ip + 6], frame[ip + 7]]) & 0x3fff != 0;
+    if frame[ip] >> 4 != 4 || ihl < 20 || fragment || end > frame.len() || l4 + offset + 2 > end {
+        return None;
+    }
+    let field = u16::from_be_bytes([frame[l4 + offset], frame[l4 + offset + 1]]);
+    let pseudo = checksum::pseudo_header(
+        &frame[ip + 12..ip + 16],
+        &frame[ip + 16..ip + 20],
+        proto,
+        end - l4,
+    );
+    // (A UDP checksum of zero means none at all: nothing to complete.)
+    let partial = field == checksum::fold(pseudo) && !(proto == PROTO_UDP && field == 0);
+    // A complete checksum that happens to equal the pseudo-header's sum stays complete.
+    (partial && !checksum::verifies(checksum::add(pseudo, &frame[l4..end])))
+        .then_some((l4 as u16, offset as u16))
+}
+
+/// The header for a frame that passes whole (a partial checksum said so, else nothing);
+/// one TCP segment longer than the tap's MTU goes in as a GSO frame of segments that fit,
+/// its checksum field made partial: a kernel peer whose link offloads segmentation (a
+/// veth) can deliver such a segment whole, and the kernel would refuse to forward it.
+fn whole_frame_header(frame: &mut [u8], mtu: usize) -> VnetHdr {
+    if frame.len() > ETH_LEN + mtu {
+        if let Some(hdr) = resegmentable(frame, mtu) {
+            return hdr;
+        }
+    }
+    match partial_checksum(frame) {
+        Some((csum_start, csum_offset)) => VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start,
+            csum_offset,
+            ..VnetHdr::default()
+        },
+        None => VnetHdr::default(),
+    }
+}
+
+/// The GSO header that lets the kernel cut an oversized TCP segment into `mtu`-sized ones;
+/// `None` for anything else (or a checksum neither complete nor partial).
+fn resegmentable(frame: &mut [u8], mtu: usize) -> Option<VnetHdr> {
+    let t = Tcp4::parse(frame)?;
+    let headers = t.payload - t.ip;
+    if t.fragmented(frame) || t.end != frame.len() || mtu <= headers {
+        return None;
+    }
+    if partial_checksum(frame).is_none() {
+        if !checksum::verifies(t.tcp_checksum(frame)) {
+            return None;
+        }
+        let ip = &frame[t.ip..];
+        let pseudo = checksum::pseudo_header(&ip[12..16], &ip[16..20], PROTO_TCP, t.end - t.tcp);
+        put_u16(frame, t.tcp + 16, checksum::fold(pseudo));
+    }
+    let ecn = if frame[t.tcp + 13] & TCP_CWR != 0 {
+        GSO_ECN
+    } else {
+        0
+    };
+    Some(VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4 | ecn,
+        hdr_len: t.payload as u16,
+        gso_size: (mtu - headers) as u16,
+        csum_start: t.tcp as u16,
+        csum_offset: 16,
+    })
+}
+
 /// Sets the IPv4 header checksum of the packet at `ip`.
 fn fix_ip_checksum(buf: &mut [u8], ip: usize) {
     let ihl = (buf[ip] & 0x0f) as usize * 4;
@@ -274,6 +365,10 @@ pub struct Coalescer {
     /// Virtio-net header and frame of what is pending.
     buf: Vec<u8>,
     run: Option<Run>,
+    /// Segments with a partial checksum seen since the last [`Coalescer::take_partial`].
+    partial: u64,
+    /// The tap's MTU.
+    mtu: usize,
 }
 
 impl Default for Coalescer {
@@ -281,19 +376,34 @@ impl Default for Coalescer {
         Coalescer {
             buf: Vec::with_capacity(VnetHdr::LEN + 65535),
             run: None,
+            partial: 0,
+            mtu: 1500,
         }
     }
 }
 
 impl Coalescer {
+    /// A coalescer for a tap of `mtu`.
+    pub fn with_mtu(mtu: usize) -> Coalescer {
+        Coalescer {
+            mtu,
+            ..Coalescer::default()
+        }
+    }
+
     /// Takes one frame from the wire; `emit` gets each frame (with its virtio-net header)
     /// that is complete.
     pub fn push(&mut self, frame: &[u8], emit: &mut impl FnMut(&[u8])) {
-        let seg = Tcp4::parse(frame).filter(|t| joinable(frame, t));
+        // (A segment longer than the tap passes on its own, to be cut again.)
+        let seg =
+            Tcp4::parse(frame).filter(|t| frame.len() <= ETH_LEN + self.mtu && joinable(frame, t));
         let Some(t) = seg else {
             self.flush(emit);
-            self.buf.extend_from_slice(&VnetHdr::default().bytes());
+            self.buf.extend_from_slice(&[0; VnetHdr::LEN]);
             self.buf.extend_from_slice(frame);
+            let hdr = whole_frame_header(&mut self.buf[VnetHdr::LEN..], self.mtu);
+            self.partial += u64::from(hdr.flags == F_NEEDS_CSUM);
+            self.buf[..VnetHdr::LEN].copy_from_slice(&hdr.bytes());
             emit(&self.buf);
             self.buf.clear();
             return;
@@ -302,6 +412,11 @@ impl Coalescer {
             self.flush(emit);
             self.start(frame, t);
         }
+    }
+
+    /// How many segments with a partial checksum went through since the last call.
+    pub fn take_partial(&mut self) -> u64 {
+        std::mem::take(&mut self.partial)
     }
 
     fn start(&mut self, frame: &[u8], t: Tcp4) {
@@ -406,7 +521,8 @@ impl Coalescer {
 }
 
 /// A segment that may join others: data with plain ACK (PSH allowed), not a fragment,
-/// checksums intact.
+/// checksums intact. (One left partial by a kernel peer passes whole, marked so: see
+/// [`partial_checksum`].)
 fn joinable(frame: &[u8], t: &Tcp4) -> bool {
     let flags = frame[t.tcp + 13];
     t.end > t.payload
@@ -564,6 +680,112 @@ mod tests {
             VnetHdr::parse(got[2][..10].try_into().unwrap()),
             VnetHdr::default()
         );
+    }
+
+    /// `frame` as a kernel peer on a checksum-offloading link sends it: the TCP field
+    /// holds only the pseudo-header's sum.
+    fn left_partial(mut frame: Vec<u8>) -> Vec<u8> {
+        let t = Tcp4::parse(&frame).unwrap();
+        let pseudo =
+            checksum::pseudo_header(&frame[26..30], &frame[30..34], PROTO_TCP, t.end - t.tcp);
+        put_u16(&mut frame, t.tcp + 16, checksum::fold(pseudo));
+        frame
+    }
+
+    fn emitted(frames: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut c = Coalescer::default();
+        let mut out = Vec::new();
+        let mut take = |f: &[u8]| {
+            out.push((
+                VnetHdr::parse(f[..VnetHdr::LEN].try_into().unwrap()),
+                f[VnetHdr::LEN..].to_vec(),
+            ))
+        };
+        for f in frames {
+            c.push(f, &mut take);
+        }
+        c.flush(&mut take);
+        out
+    }
+
+    #[test]
+    fn segments_with_a_partial_checksum_reach_the_tap_marked_so() {
+        // A lone segment (a SYN-ACK, an ACK, data with PSH): whole, "checksum partial",
+        // which the receiving kernel accepts and completes if the frame leaves again.
+        for flags in [TCP_ACK | 0x02, TCP_ACK, TCP_ACK | TCP_PSH] {
+            let body = if flags == TCP_ACK {
+                vec![]
+            } else {
+                payload(100)
+            };
+            let frame = left_partial(tcp_frame(1, flags, &body));
+            let out = emitted(std::slice::from_ref(&frame));
+            assert_eq!(out.len(), 1);
+            let (hdr, f) = &out[0];
+            assert_eq!(f, &frame, "the frame is passed unchanged");
+            assert_eq!(hdr.flags, F_NEEDS_CSUM, "flags {flags:#x}");
+            assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 16));
+        }
+        // Consecutive partial segments pass one by one.
+        let (a, b) = (payload(1000), payload(1000));
+        let out = emitted(&[
+            left_partial(tcp_frame(1, TCP_ACK, &a)),
+            left_partial(tcp_frame(1001, TCP_ACK | TCP_PSH, &b)),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|(h, _)| h.flags == F_NEEDS_CSUM && h.gso_type == GSO_NONE));
+        // A complete checksum is still told apart: verified, not partial.
+        let out = emitted(&[tcp_frame(1, TCP_ACK | TCP_PSH, &a)]);
+        assert_eq!(out[0].0.flags, F_DATA_VALID);
+        // A corrupted segment is neither: passed without a word, for the kernel to drop.
+        let mut bad = tcp_frame(1, TCP_ACK | TCP_PSH, &a);
+        bad[80] ^= 0x40;
+        let out = emitted(&[bad]);
+        assert_eq!(out[0].0, VnetHdr::default());
+    }
+
+    #[test]
+    fn a_segment_longer_than_the_tap_goes_in_as_gso() {
+        let data = payload(2796);
+        for frame in [
+            left_partial(tcp_frame(1, TCP_ACK | TCP_PSH, &data)),
+            tcp_frame(1, TCP_ACK | TCP_PSH, &data),
+        ] {
+            let mut c = Coalescer::with_mtu(1450);
+            let mut out = Vec::new();
+            c.push(&frame, &mut |f| out.push(f.to_vec()));
+            c.flush(&mut |f| out.push(f.to_vec()));
+            assert_eq!(out.len(), 1);
+            let hdr = VnetHdr::parse(out[0][..VnetHdr::LEN].try_into().unwrap());
+            assert_eq!(hdr.gso_type, GSO_TCPV4);
+            assert_eq!(hdr.gso_size as usize, 1450 - 20 - 32);
+            assert_eq!(hdr.flags, F_NEEDS_CSUM);
+            // Cut again as a NIC would, every segment's checksum holds.
+            let mut wire = Vec::new();
+            let d = segment(&hdr, &out[0][VnetHdr::LEN..], &[], &mut wire).unwrap();
+            assert_eq!(d.count, 2);
+            for seg in wire.chunks(d.stride) {
+                let t = Tcp4::parse(seg).unwrap();
+                assert!(checksum::verifies(t.tcp_checksum(seg)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_udp_datagram_with_a_partial_checksum_is_marked_and_one_without_is_not() {
+        let mut f = tcp_frame(1, TCP_ACK, &payload(40));
+        // Rewrite as UDP: protocol, header (ports, length, checksum), IP checksum.
+        f[ETH_LEN + 9] = 17;
+        let (l4, end) = (ETH_LEN + 20, f.len());
+        put_u16(&mut f, l4 + 4, (end - l4) as u16);
+        fix_ip_checksum(&mut f, ETH_LEN);
+        let pseudo = checksum::pseudo_header(&f[26..30], &f[30..34], 17, end - l4);
+        put_u16(&mut f, l4 + 6, checksum::fold(pseudo));
+        assert_eq!(partial_checksum(&f), Some((34, 6)));
+        put_u16(&mut f, l4 + 6, 0);
+        assert_eq!(partial_checksum(&f), None, "zero: no checksum at all");
     }
 
     #[test]

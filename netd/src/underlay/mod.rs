@@ -55,6 +55,7 @@ pub fn start(
         port,
         peers: vtep.peers.clone(),
         counters: vtep.counters.clone(),
+        mtu: mtu as usize,
     })?;
     Ok((vtep, index))
 }
