@@ -91,7 +91,7 @@ fn names_and_published_ports_across_bubbles() {
     let out = c.shell(2, &["hpktainer", "run", "--name", "web", &rootfs, "true"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains(&format!("name web is taken"))
+        stderr(&out).contains("name web is taken")
             && stderr(&out).contains(&format!("in the bubble of {h3}")),
         "{}",
         stderr(&out)

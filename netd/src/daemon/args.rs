@@ -129,6 +129,9 @@ pub struct RunArgs {
     /// Seconds a dead bubble's names outlive it.
     #[arg(long, env = "HPK_NETD_NAMES_TTL", value_name = "SECS")]
     names_ttl: Option<u64>,
+    /// DNS queries a second one container may send; beyond that they are dropped.
+    #[arg(long, env = "HPK_NETD_NAMES_CLIENT_QPS", value_name = "QPS")]
+    names_client_qps: Option<u32>,
     /// Resolvers for other names, comma-separated (default: the bubble's resolv.conf).
     #[arg(
         long,
@@ -183,6 +186,7 @@ impl RunArgs {
         set!(names.domain <- self.names_domain);
         set!(names.ttl <- self.names_ttl);
         set!(names.upstream <- self.dns_upstream);
+        set!(names.client_qps <- self.names_client_qps);
         c.validate()?;
         Ok(c)
     }

@@ -193,6 +193,8 @@ pub struct NamesConfig {
     pub upstream: Vec<String>,
     /// The bubble's own resolver configuration.
     pub resolv_conf: PathBuf,
+    /// Queries a second one container may send; beyond that they are dropped.
+    pub client_qps: u32,
 }
 
 impl Default for NamesConfig {
@@ -203,6 +205,7 @@ impl Default for NamesConfig {
             ttl: 15,
             upstream: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            client_qps: 20_000,
         }
     }
 }
@@ -225,6 +228,9 @@ impl NamesConfig {
             bail!("names.ttl = {}: between 2 and 3600 seconds", self.ttl);
         }
         self.upstream()?;
+        if self.client_qps == 0 {
+            bail!("names.client_qps = 0: no container could ask anything");
+        }
         Ok(())
     }
 }

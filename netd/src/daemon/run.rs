@@ -189,6 +189,7 @@ async fn start_names(
             upstream,
             listen: (env.gateway, 53).into(),
             state_dir: cfg.state_dir.clone(),
+            client_qps: cfg.names.client_qps,
         },
         cluster,
         live_ids(endpoints),

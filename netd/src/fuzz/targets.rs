@@ -414,3 +414,54 @@ fn tso_frames() {
         d.count > 1
     });
 }
+
+/// The bubble's DNS server: whatever a container sends, a reply is a response to that
+/// query (its id and question), parses, fits a UDP answer, and answers a name it knows
+/// with that name's address; nothing but a query is ever forwarded.
+#[test]
+fn dns_query() {
+    use crate::names::answer::{answer, Verdict, Zone};
+    use crate::names::directory::{Directory, Entry};
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::rr::RData;
+    let zone = Zone::new("hpk.internal").unwrap();
+    let mut names = Directory::default();
+    let web = std::net::Ipv4Addr::new(10, 244, 3, 5);
+    names.insert(
+        "web",
+        Entry {
+            address: web,
+            container: "c1".into(),
+            bubble: "192.0.2.13".into(),
+        },
+    );
+    run("dns_query", Shape::Bytes, |input| {
+        let asked = Message::from_vec(input).ok();
+        match answer(input, &names, &zone) {
+            Verdict::Ignore => true,
+            Verdict::Forward(q) => {
+                q.metadata.message_type == MessageType::Query && q.queries.len() == 1
+            }
+            Verdict::Reply(bytes) => {
+                let Ok(reply) = Message::from_vec(&bytes) else {
+                    return false;
+                };
+                let same_id = input.len() >= 2
+                    && reply.metadata.id == u16::from_be_bytes([input[0], input[1]]);
+                let fits = bytes.len() <= 512 || asked.as_ref().is_some_and(|m| m.edns.is_some());
+                let right = reply.answers.iter().all(|r| match &r.data {
+                    RData::A(a) => a.0 == web,
+                    RData::PTR(p) => p.0.to_ascii() == "web.hpk.internal.",
+                    _ => false,
+                });
+                let question =
+                    asked.is_none_or(|m| m.queries.is_empty() || reply.queries == m.queries);
+                reply.metadata.message_type == MessageType::Response
+                    && same_id
+                    && fits
+                    && right
+                    && question
+            }
+        }
+    });
+}

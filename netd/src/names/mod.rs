@@ -42,6 +42,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where this bubble's own names are remembered across restarts.
     pub state_dir: PathBuf,
+    /// Queries a second one client may send.
+    pub client_qps: u32,
 }
 
 /// The cluster's etcd, when the subnet comes from it.
@@ -64,6 +66,7 @@ pub struct Names {
     listen: SocketAddr,
     upstream: Upstream,
     counters: Counters,
+    client_qps: u32,
     /// This bubble's names (name -> entry), also one file each under `own_dir`.
     own: Mutex<HashMap<String, Entry>>,
     own_dir: PathBuf,
@@ -91,6 +94,7 @@ impl Names {
             listen: settings.listen,
             upstream: Upstream::new(settings.upstream),
             counters: Counters::default(),
+            client_qps: settings.client_qps,
             own: Mutex::default(),
             own_dir,
         });
@@ -154,6 +158,8 @@ impl Names {
             container: container.to_string(),
             bubble: self.bubble.clone(),
         };
+        // From here to "name learned" in another bubble: what propagation takes.
+        info!(name, container, %address, "claiming name");
         match &self.store {
             Some(store) => {
                 let claim = tokio::time::timeout(Duration::from_secs(5), store.claim(name, &entry))
@@ -170,6 +176,7 @@ impl Names {
             None => self.check(name, container)?,
         }
         self.remember(name, &entry)?;
+        info!(name, container, %address, "name registered");
         self.directory.write().unwrap().insert(name, entry);
         Ok(())
     }
@@ -329,7 +336,12 @@ impl Names {
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 match store.change(event.event_type(), kv.key(), kv.value()) {
-                    Some(Change::Put(name, entry)) => dir.insert(&name, entry),
+                    Some(Change::Put(name, entry)) => {
+                        if entry.bubble != self.bubble {
+                            info!(name, bubble = entry.bubble, address = %entry.address, "name learned");
+                        }
+                        dir.insert(&name, entry)
+                    }
                     Some(Change::Delete(name)) => {
                         dir.remove(&name);
                     }

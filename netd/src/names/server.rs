@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hickory_proto::op::{Message, ResponseCode};
@@ -21,6 +21,7 @@ use super::Names;
 
 /// Queries one client may have with the upstreams at once; more are refused.
 const PER_CLIENT_FORWARDS: usize = 64;
+
 /// Queries with the upstreams at once, all clients together.
 const FORWARDS: usize = 1024;
 /// TCP connections served at once, and how long one may stay idle.
@@ -36,6 +37,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     pub failed: AtomicU64,
     pub ignored: AtomicU64,
+    /// Dropped for a client's rate.
+    pub limited: AtomicU64,
 }
 
 impl Counters {
@@ -47,6 +50,7 @@ impl Counters {
             ("refused", &self.refused),
             ("failed", &self.failed),
             ("ignored", &self.ignored),
+            ("limited", &self.limited),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
@@ -80,11 +84,42 @@ impl Shares {
     }
 }
 
+/// Each client's token bucket: `rate` queries a second, as many at once. Beyond that
+/// queries are dropped unread, which costs the server next to nothing, so a flood cannot
+/// keep the socket's queue full for the other containers.
+struct Rates {
+    rate: f64,
+    clients: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl Rates {
+    fn allow(&mut self, client: IpAddr) -> bool {
+        let rate = self.rate;
+        let now = Instant::now();
+        if self.clients.len() > 4096 {
+            // Forget clients quiet for a second (their buckets are full again anyway).
+            self.clients
+                .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(1));
+        }
+        let (tokens, last) = self.clients.entry(client).or_insert((rate, now));
+        let refill = now.duration_since(*last).as_secs_f64() * rate;
+        *tokens = (*tokens + refill).min(rate);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
 /// Binds UDP and TCP on `at` and serves until the runtime ends.
 pub async fn serve(names: Arc<Names>, at: SocketAddr) -> Result<()> {
     let udp = UdpSocket::bind(at).await.with_context(|| {
         format!("cannot serve DNS on udp {at} (names.enabled = false runs without)")
     })?;
+    // Room for bursts of many containers at once (the kernel caps it at rmem_max).
+    let _ = nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
     let tcp = TcpListener::bind(at).await.with_context(|| {
         format!("cannot serve DNS on tcp {at} (names.enabled = false runs without)")
     })?;
@@ -96,6 +131,10 @@ pub async fn serve(names: Arc<Names>, at: SocketAddr) -> Result<()> {
 async fn serve_udp(names: Arc<Names>, socket: Arc<UdpSocket>) {
     let shares = Arc::new(Shares::default());
     let forwards = Arc::new(Semaphore::new(FORWARDS));
+    let mut rates = Rates {
+        rate: names.client_qps as f64,
+        clients: HashMap::new(),
+    };
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
@@ -106,6 +145,10 @@ async fn serve_udp(names: Arc<Names>, socket: Arc<UdpSocket>) {
                 continue;
             }
         };
+        if !rates.allow(client.ip()) {
+            names.counters.limited.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let verdict = names.answer(&buf[..n]);
         let request = match verdict {
             Verdict::Reply(bytes) => {
