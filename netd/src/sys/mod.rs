@@ -2,8 +2,8 @@
 //! routes, neighbours, vxlan), network namespaces, processes and pidfds, UNIX sockets,
 //! iptables, and the file and permission helpers the layers above share.
 
-pub mod firewall;
 pub mod fd_passing;
+pub mod firewall;
 pub mod fs;
 pub mod netlink;
 pub mod netns;
