@@ -69,6 +69,7 @@ bench: binaries
 	scripts/bench/start.sh
 	scripts/bench/scale.sh
 	scripts/bench/bubbles.sh
+	scripts/bench/names.sh
 
 # Each target FUZZ_SECS seconds, optimised (the fuzz profile), one at a time.
 FUZZ_SECS ?= 60

@@ -205,7 +205,7 @@ impl Default for NamesConfig {
             ttl: 15,
             upstream: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            client_qps: 20_000,
+            client_qps: 100_000,
         }
     }
 }

@@ -24,6 +24,8 @@ const PER_CLIENT_FORWARDS: usize = 64;
 
 /// Queries with the upstreams at once, all clients together.
 const FORWARDS: usize = 1024;
+/// Tasks receiving UDP queries (hpk-netd runs two worker threads).
+const UDP_TASKS: usize = 2;
 /// TCP connections served at once, and how long one may stay idle.
 const TCP_CONNECTIONS: usize = 256;
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -93,6 +95,13 @@ struct Rates {
 }
 
 impl Rates {
+    fn new(rate: u32) -> Rates {
+        Rates {
+            rate: rate as f64,
+            clients: HashMap::new(),
+        }
+    }
+
     fn allow(&mut self, client: IpAddr) -> bool {
         let rate = self.rate;
         let now = Instant::now();
@@ -124,17 +133,30 @@ pub async fn serve(names: Arc<Names>, at: SocketAddr) -> Result<()> {
         format!("cannot serve DNS on tcp {at} (names.enabled = false runs without)")
     })?;
     tokio::spawn(serve_tcp(names.clone(), tcp));
-    tokio::spawn(serve_udp(names, Arc::new(udp)));
+    // One receiving task per worker thread: answers are cheap, the socket is the queue.
+    let (udp, rates) = (
+        Arc::new(udp),
+        Arc::new(Mutex::new(Rates::new(names.client_qps))),
+    );
+    let shares = Arc::new(Shares::default());
+    for _ in 0..UDP_TASKS {
+        tokio::spawn(serve_udp(
+            names.clone(),
+            udp.clone(),
+            rates.clone(),
+            shares.clone(),
+        ));
+    }
     Ok(())
 }
 
-async fn serve_udp(names: Arc<Names>, socket: Arc<UdpSocket>) {
-    let shares = Arc::new(Shares::default());
+async fn serve_udp(
+    names: Arc<Names>,
+    socket: Arc<UdpSocket>,
+    rates: Arc<Mutex<Rates>>,
+    shares: Arc<Shares>,
+) {
     let forwards = Arc::new(Semaphore::new(FORWARDS));
-    let mut rates = Rates {
-        rate: names.client_qps as f64,
-        clients: HashMap::new(),
-    };
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
@@ -145,7 +167,7 @@ async fn serve_udp(names: Arc<Names>, socket: Arc<UdpSocket>) {
                 continue;
             }
         };
-        if !rates.allow(client.ip()) {
+        if !rates.lock().unwrap().allow(client.ip()) {
             names.counters.limited.fetch_add(1, Ordering::Relaxed);
             continue;
         }

@@ -61,64 +61,11 @@ async fn connect(target: SocketAddrV4, from: Option<SocketAddr>) -> std::io::Res
     socket.connect(SocketAddr::V4(target)).await
 }
 
-/// Moves bytes both ways until both sides are done: a thread per direction, each
-/// splicing socket to pipe to socket, so the bytes never enter user space (half the CPU of
-/// copying them, which is what a published port's throughput is bound by here).
-async fn join(client: TcpStream, upstream: TcpStream) {
+/// Moves bytes both ways until both sides are done. (Splicing through a pipe, a thread
+/// per direction, was measured slower here: 3.1 against 4.3 Gbit/s.)
+async fn join(mut client: TcpStream, mut upstream: TcpStream) {
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (Ok(client), Ok(upstream)) = (blocking(client), blocking(upstream)) else {
-        return;
-    };
-    let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
-    };
-    let there = std::thread::spawn(move || pump(&client, &upstream));
-    let back = std::thread::spawn(move || pump(&upstream2, &client2));
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = there.join();
-        let _ = back.join();
-    })
-    .await;
-}
-
-fn blocking(stream: TcpStream) -> std::io::Result<std::net::TcpStream> {
-    let stream = stream.into_std()?;
-    stream.set_nonblocking(false)?;
-    Ok(stream)
-}
-
-/// `from` to `to` until `from` ends (then `to` is told so) or either fails.
-fn pump(from: &std::net::TcpStream, to: &std::net::TcpStream) {
-    use nix::fcntl::{splice, OFlag, SpliceFFlags};
-    const CHUNK: usize = 1 << 20;
-    let Ok((pipe_out, pipe_in)) = nix::unistd::pipe2(OFlag::O_CLOEXEC) else {
-        return;
-    };
-    // A larger pipe moves more per call (the default holds 64 KiB).
-    let _ = nix::fcntl::fcntl(&pipe_in, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-    loop {
-        let n = match splice(
-            from,
-            None,
-            &pipe_in,
-            None,
-            CHUNK,
-            SpliceFFlags::SPLICE_F_MOVE,
-        ) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let mut left = n;
-        while left > 0 {
-            match splice(&pipe_out, None, to, None, left, SpliceFFlags::SPLICE_F_MOVE) {
-                Ok(0) | Err(_) => {
-                    let _ = from.shutdown(std::net::Shutdown::Read);
-                    return;
-                }
-                Ok(m) => left -= m,
-            }
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 1 << 18, 1 << 18)
+        .await;
 }
