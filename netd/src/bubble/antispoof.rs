@@ -62,11 +62,16 @@ fn spawn_nft(args: &[&str], stdout: Stdio) -> Result<Child> {
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run nft (install nftables, or turn anti-spoofing off: antispoof = false)")
+        .context("cannot run nft (install nftables; without it set antispoof = false)")
 }
 
 /// Runs an nft script atomically (all of it or none).
 pub fn run(script: &str) -> Result<()> {
+    run_nft(script, "the anti-spoofing rules")
+}
+
+/// Runs an nft script atomically; `what` names the rules in the error.
+pub fn run_nft(script: &str, what: &str) -> Result<()> {
     let mut child = spawn_nft(&["-f", "-"], Stdio::null())?;
     child
         .stdin
@@ -77,7 +82,7 @@ pub fn run(script: &str) -> Result<()> {
     let out = child.wait_with_output().context("nft")?;
     if !out.status.success() {
         bail!(
-            "nft refused the anti-spoofing rules: {}",
+            "nft refused {what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

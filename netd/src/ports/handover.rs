@@ -9,17 +9,15 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hpk_hook::ports::Protocol;
-use nix::sys::socket::{getsockopt, sockopt};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::sys::fd_passing;
+use crate::sys::unix_socket::OwnUidServer;
 
 /// What hpk-netd asks the launcher for: a listening socket on the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,63 +89,23 @@ pub fn bind(req: &ListenRequest) -> Result<Listener> {
 
 /// Serves listening sockets on `listener` to processes of our own uid until dropped.
 pub struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Serves until dropped.
+    _serving: OwnUidServer,
 }
 
 impl Server {
     pub fn spawn(listener: UnixListener) -> Result<Server> {
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ports-handover".into())
-            .spawn(move || serve(&listener, &flag))?;
-        Ok(Server {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(listener: &UnixListener, stop: &AtomicBool) {
-    let me = nix::unistd::geteuid().as_raw();
-    while !stop.load(Ordering::Relaxed) {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "ports handover: accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        match getsockopt(&stream, sockopt::PeerCredentials) {
-            Ok(cred) if cred.uid() == me || me == 0 => {}
-            Ok(cred) => {
-                warn!(uid = cred.uid(), "ports handover: refused a foreign uid");
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "ports handover: no peer credentials");
-                continue;
-            }
-        }
-        if let Err(e) = answer(stream) {
-            warn!(error = format!("{e:#}"), "ports handover: request failed");
-        }
+        OwnUidServer::spawn(
+            listener,
+            "ports-handover",
+            Duration::from_millis(20),
+            |stream| {
+                if let Err(e) = answer(stream) {
+                    warn!(error = format!("{e:#}"), "ports handover: request failed");
+                }
+            },
+        )
+        .map(|serving| Server { _serving: serving })
     }
 }
 

@@ -5,10 +5,7 @@
 //! rule sends marked packets to a table where every address is local (the kernel's TPROXY
 //! recipe). All of it inside the bubble's namespace, where hpk-netd is root.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 use crate::sys::netlink::Netlink;
 
@@ -27,26 +24,7 @@ table inet hpk-ports {
 
 /// Sets it up; an error means the containers will see the gateway's address instead.
 pub fn enable() -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run nft")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(RULES.as_bytes())
-        .context("cannot talk to nft")?;
-    let out = child.wait_with_output().context("nft")?;
-    if !out.status.success() {
-        bail!(
-            "nft refused the published ports' rules: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    crate::bubble::antispoof::run_nft(RULES, "the published ports' rules")?;
     let mut nl = Netlink::open()?;
     nl.replace_local_default_route(MARK)?;
     nl.add_fwmark_rule(MARK, MARK, MARK)?;

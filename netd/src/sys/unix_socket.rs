@@ -1,12 +1,18 @@
-//! Listening UNIX sockets: stale-socket handling, mode and owner.
+//! Listening UNIX sockets: stale-socket handling, mode and owner; a server thread that
+//! answers processes of our own uid only (the launcher's hand-overs to hpk-netd).
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
+use tracing::warn;
 
 /// Binds the server socket: refuses a live one, replaces a stale one, sets mode and owner.
 pub fn bind(path: &Path, mode: u32, uid: Option<Uid>, gid: Option<Gid>) -> Result<UnixListener> {
@@ -42,6 +48,73 @@ pub fn bind(path: &Path, mode: u32, uid: Option<Uid>, gid: Option<Gid>) -> Resul
             .map_err(cleanup_on_err)?;
     }
     Ok(listener)
+}
+
+/// Serves connections of processes of our own uid (or any, when we are root) on a
+/// listener, one at a time on a thread of its own, until dropped.
+pub struct OwnUidServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OwnUidServer {
+    /// `name` names the thread and the log lines; `poll`: how often the stop flag is
+    /// looked at while nobody connects.
+    pub fn spawn(
+        listener: UnixListener,
+        name: &'static str,
+        poll: Duration,
+        handle: impl Fn(UnixStream) + Send + 'static,
+    ) -> Result<OwnUidServer> {
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(&listener, name, poll, &flag, handle))?;
+        Ok(OwnUidServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for OwnUidServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    listener: &UnixListener,
+    name: &str,
+    poll: Duration,
+    stop: &AtomicBool,
+    handle: impl Fn(UnixStream),
+) {
+    let me = nix::unistd::geteuid().as_raw();
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(poll);
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "{name}: accept failed");
+                std::thread::sleep(poll);
+                continue;
+            }
+        };
+        match getsockopt(&stream, sockopt::PeerCredentials) {
+            Ok(cred) if cred.uid() == me || me == 0 => handle(stream),
+            Ok(cred) => warn!(uid = cred.uid(), "{name}: refused a foreign uid"),
+            Err(e) => warn!(error = %e, "{name}: no peer credentials"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,92 +3,44 @@
 //! hpk-netd start (first or restart, under `unshare` or in an Apptainer instance)
 //! fetches it with SCM_RIGHTS.
 
-use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::socket::{
-    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockType,
-    SockaddrStorage,
-};
+use nix::sys::socket::{getsockopt, sockopt, SockType, SockaddrStorage};
 use tracing::{debug, warn};
+
+use crate::sys::fd_passing;
+use crate::sys::unix_socket::OwnUidServer;
 
 /// The one byte sent along with the descriptor.
 const TAG: &[u8] = b"U";
 
 /// Serves `socket` on `listener` to processes of our own uid until dropped.
 pub struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Serves until dropped.
+    _serving: OwnUidServer,
 }
 
 impl Server {
     pub fn spawn(listener: UnixListener, socket: UdpSocket) -> Result<Server> {
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("underlay-handover".into())
-            .spawn(move || serve(&listener, &socket, &flag))?;
-        Ok(Server {
-            stop,
-            thread: Some(thread),
-        })
+        OwnUidServer::spawn(
+            listener,
+            "underlay-handover",
+            Duration::from_millis(100),
+            move |stream| send(&stream, &socket),
+        )
+        .map(|serving| Server { _serving: serving })
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(listener: &UnixListener, socket: &UdpSocket, stop: &AtomicBool) {
-    let me = nix::unistd::geteuid().as_raw();
-    while !stop.load(Ordering::Relaxed) {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "underlay handover: accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        match getsockopt(&stream, sockopt::PeerCredentials) {
-            Ok(cred) if cred.uid() == me || me == 0 => {}
-            Ok(cred) => {
-                warn!(uid = cred.uid(), "underlay handover: refused a foreign uid");
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "underlay handover: no peer credentials");
-                continue;
-            }
-        }
-        let fds = [socket.as_raw_fd()];
-        match sendmsg::<()>(
-            stream.as_raw_fd(),
-            &[IoSlice::new(TAG)],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            None,
-        ) {
-            Ok(_) => debug!("underlay socket handed over"),
-            Err(e) => warn!(error = %e, "underlay handover: send failed"),
-        }
+fn send(stream: &UnixStream, socket: &UdpSocket) {
+    match fd_passing::send(stream.as_fd(), TAG, &[socket.as_raw_fd()]) {
+        Ok(()) => debug!("underlay socket handed over"),
+        Err(e) => warn!(error = %e, "underlay handover: send failed"),
     }
 }
 
@@ -114,25 +66,11 @@ pub fn receive(path: &Path, wait: Duration) -> Result<UdpSocket> {
         }
     };
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .with_context(|| format!("cannot receive the host UDP socket from {}", path.display()))?;
-    let fd = msg
-        .cmsgs()?
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        })
+    let (_, mut fds) = fd_passing::receive(stream.as_fd(), 16)
+        .with_context(|| format!("cannot receive the host UDP socket from {}", path.display()))?;
+    let fd = fds
+        .pop()
         .ok_or_else(|| anyhow!("{} answered without a socket", path.display()))?;
-    // SAFETY: the descriptor was just received and belongs to nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     check(fd)
 }
 
