@@ -11,7 +11,7 @@ VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 PLATFORMS ?= linux/amd64,linux/arm64
 PUSH ?= 1
 
-.PHONY: help deps binaries images demo sim test lint bench fuzz soak clean
+.PHONY: help deps binaries images demo sim test lint bench fuzz soak clean man
 
 help:
 	@echo "make deps      install build/test dependencies (Debian 12, as root)"
@@ -21,6 +21,7 @@ help:
 	@echo "make sim       deps + binaries + hosts with hpk-netd and containers, without Slurm or bubbles"
 	@echo "make test      deps + every test (needs root: tests build namespaces)"
 	@echo "make lint      cargo fmt --check, clippy -D warnings, shellcheck"
+	@echo "make man       write man/ anew from the command lines (a test checks it is current)"
 	@echo "make bench     benchmarks: figures next to a veth pair"
 	@echo "make fuzz      every parser of outside input fuzzed for FUZZ_SECS (60) seconds each"
 	@echo "make soak      SOAK_CYCLES (1000) container cycles, with hpk-netd and etcd killed meanwhile"
@@ -56,6 +57,9 @@ test: deps lint
 	scripts/tests/demo.sh
 	scripts/tests/images.sh
 	scripts/tests/vagrant.sh
+
+man:
+	HPK_WRITE_MAN=1 $(CARGO) test --workspace --locked man_page
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -189,3 +189,12 @@ pub struct InitArgs {
     #[arg(long)]
     pub plan: String,
 }
+
+#[cfg(test)]
+mod man {
+    #[test]
+    fn man_page_is_current() {
+        use clap::CommandFactory;
+        testkit::check_man_page(super::Cli::command(), "1");
+    }
+}

@@ -320,4 +320,10 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn man_page_is_current() {
+        use clap::CommandFactory;
+        testkit::check_man_page(Cli::command(), "1");
+    }
 }

@@ -13,6 +13,7 @@ use nix::sched::{setns, CloneFlags};
 pub mod bubble;
 pub mod cluster;
 pub mod etcd;
+pub mod man;
 pub mod netd;
 pub mod netns;
 pub mod process;
@@ -22,6 +23,7 @@ pub mod traffic;
 pub mod world;
 
 pub use bubble::{address_container, Bubble};
+pub use man::check_man_page;
 pub use netns::Netns;
 pub use process::Proc;
 pub use traffic::{tcp_stream, tcp_transfer, Transfer};

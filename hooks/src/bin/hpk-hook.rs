@@ -53,3 +53,12 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn man_page_is_current() {
+        use clap::CommandFactory;
+        testkit::check_man_page(super::Cli::command(), "1");
+    }
+}

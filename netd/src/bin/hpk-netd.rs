@@ -63,3 +63,12 @@ fn status(socket: Option<PathBuf>, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn man_page_is_current() {
+        use clap::CommandFactory;
+        testkit::check_man_page(super::Cli::command(), "8");
+    }
+}
