@@ -49,6 +49,14 @@ pub fn from_annotations(annotations: &std::collections::HashMap<String, String>)
         .map(|v| v.to_ascii_lowercase())
 }
 
+/// Why `name` cannot be had: who has it and where, and what to do.
+pub fn taken(name: &str, container: &str, address: std::net::Ipv4Addr, bubble: &str) -> String {
+    format!(
+        "name {name} is taken: container {container} at {address} in the bubble of {bubble} \
+         has it; choose another --name, or stop that container first"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

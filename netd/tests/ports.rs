@@ -28,15 +28,15 @@ fn published(host: &Host, root: &Path, id: &str, ports: &str) -> Result<Containe
     host.runc.run(id, &b)
 }
 
-/// A TCP server in the container's namespace: answers each connection with the address
-/// it came from, then echoes.
+/// A TCP server in the container's namespace: answers one connection with the address it
+/// came from, then echoes until the client closes (then the thread ends).
 fn tcp_server(c: &Container, port: u16) {
     let ready = std::sync::mpsc::channel();
     let tx = ready.0;
     spawn_in(&c.netns(), move || {
         let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
         tx.send(()).unwrap();
-        for conn in l.incoming() {
+        if let Some(conn) = l.incoming().next() {
             let Ok(mut conn) = conn else { return };
             let peer = conn.peer_addr().unwrap();
             let _ = conn.write_all(format!("{}\n", peer.ip()).as_bytes());
@@ -51,15 +51,16 @@ fn tcp_server(c: &Container, port: u16) {
     ready.1.recv_timeout(Duration::from_secs(5)).unwrap();
 }
 
-/// A UDP server in the container's namespace: answers each datagram with its sender.
+/// A UDP server in the container's namespace: answers one datagram with its sender.
 fn udp_server(c: &Container, port: u16) {
     let ready = std::sync::mpsc::channel();
     let tx = ready.0;
     spawn_in(&c.netns(), move || {
         let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
         tx.send(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = s.recv_from(&mut buf) {
+        if let Ok((_, peer)) = s.recv_from(&mut buf) {
             let _ = s.send_to(peer.ip().to_string().as_bytes(), peer);
         }
     });

@@ -37,13 +37,12 @@ pub fn check_dns_name(served: &hpk_hook::proto::NamesStatus, name: &str) -> Resu
     hpk_hook::names::validate(name).map_err(|e| anyhow!("--name: {e}"))?;
     let lower = name.to_ascii_lowercase();
     if let Some(holder) = served.records.iter().find(|r| r.name == lower) {
-        bail!(
-            "name {name} is taken: container {} at {} in the bubble of {} has it; choose \
-             another --name, or stop that container first",
-            holder.container,
+        bail!(hpk_hook::names::taken(
+            name,
+            &holder.container,
             holder.address,
-            holder.bubble
-        );
+            &holder.bubble
+        ));
     }
     Ok(())
 }

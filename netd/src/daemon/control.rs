@@ -119,10 +119,7 @@ async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
         // The hook sends it at poststop; the log's `why` tells it from hpk-netd's own.
         Request::Detach { id } => {
             let detached = daemon.endpoints.detach(&id, "poststop");
-            daemon.ports.unpublish(&id);
-            if let Some(names) = &daemon.names {
-                names.release_container(&id).await;
-            }
+            release(daemon, &id).await;
             detached.map_or_else(failed, |was_attached| Response::Detached {
                 id,
                 was_attached,
@@ -161,10 +158,16 @@ async fn attach(daemon: &Daemon, req: AttachRequest) -> anyhow::Result<Attachmen
         let _ = daemon
             .endpoints
             .detach(&id, "a port could not be published");
-        if let Some(names) = &daemon.names {
-            names.release_container(&id).await;
-        }
+        release(daemon, &id).await;
         return Err(e);
     }
     Ok(attachment)
+}
+
+/// Closes a container's published ports and releases its names.
+async fn release(daemon: &Daemon, id: &str) {
+    daemon.ports.unpublish(id);
+    if let Some(names) = &daemon.names {
+        names.release_container(id).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! Start-up and life of hpk-netd: the subnet, the bubble network, adoption of the
 //! endpoints a previous run left, then the control socket until a signal.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -116,11 +117,17 @@ async fn start(cfg: &Config) -> Result<tokio::task::JoinHandle<()>> {
         &cfg.state_dir,
     );
     endpoints.adopt().await?;
+    let live = live_ids(&endpoints);
     let names = match cfg.names.enabled {
-        true => Some(start_names(cfg, &env, overlay.as_ref(), &endpoints).await?),
+        true => Some(start_names(cfg, &env, overlay.as_ref(), &live).await?),
         false => None,
     };
-    let ports = Ports::start(cfg.ports_socket(), &cfg.state_dir, live_ids(&endpoints)).await?;
+    let ports = Ports::start(cfg.ports_socket(), &cfg.state_dir, &live).await?;
+    tokio::spawn(release_gone(
+        endpoints.clone(),
+        names.clone(),
+        ports.clone(),
+    ));
     let daemon = Arc::new(Daemon {
         endpoints,
         env,
@@ -157,7 +164,7 @@ async fn start_names(
     cfg: &Config,
     env: &crate::subnet::SubnetEnv,
     overlay: Option<&crate::subnet::etcd::SharedOverlay>,
-    endpoints: &Arc<Endpoints>,
+    live: &HashSet<String>,
 ) -> Result<Arc<Names>> {
     let upstream = match cfg.names.upstream()? {
         configured if !configured.is_empty() => configured,
@@ -192,21 +199,31 @@ async fn start_names(
             client_qps: cfg.names.client_qps,
         },
         cluster,
-        live_ids(endpoints),
+        live,
     )
     .await
 }
 
-/// The ids of the containers attached now (names and ports of others are dropped).
-fn live_ids(
-    endpoints: &Arc<Endpoints>,
-) -> Box<dyn Fn() -> std::collections::HashSet<String> + Send + Sync> {
-    let endpoints = endpoints.clone();
-    Box::new(move || {
-        endpoints
-            .records()
-            .iter()
-            .map(|r| r.spec.id().to_string())
-            .collect()
-    })
+/// The ids of the containers attached now.
+fn live_ids(endpoints: &Endpoints) -> HashSet<String> {
+    endpoints
+        .records()
+        .iter()
+        .map(|r| r.spec.id().to_string())
+        .collect()
+}
+
+/// How often names and ports of containers that went without a poststop are dropped.
+const RELEASE_GONE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Drops the names and ports of containers hpk-netd reaped (gone without a poststop).
+async fn release_gone(endpoints: Arc<Endpoints>, names: Option<Arc<Names>>, ports: Arc<Ports>) {
+    loop {
+        tokio::time::sleep(RELEASE_GONE_EVERY).await;
+        let alive = live_ids(&endpoints);
+        ports.unpublish_gone(&alive);
+        if let Some(names) = &names {
+            names.release_gone(&alive).await;
+        }
+    }
 }

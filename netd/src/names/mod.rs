@@ -27,9 +27,6 @@ use self::upstream::Upstream;
 pub use self::upstream::{parse_server, resolvers};
 use crate::sys::fs::write_atomically;
 
-/// How often names of containers that went without a poststop are looked for.
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-
 /// What the names service is started with.
 pub struct Settings {
     /// The cluster domain (`hpk.internal`).
@@ -55,9 +52,6 @@ pub struct Cluster {
     pub public_ip: Ipv4Addr,
 }
 
-/// The containers still attached, for dropping names whose container went.
-pub type LiveIds = Box<dyn Fn() -> HashSet<String> + Send + Sync>;
-
 pub struct Names {
     zone: Zone,
     directory: RwLock<Directory>,
@@ -77,7 +71,7 @@ impl Names {
     pub async fn start(
         settings: Settings,
         cluster: Option<Cluster>,
-        live: LiveIds,
+        live: &HashSet<String>,
     ) -> Result<Arc<Names>> {
         let zone = Zone::new(&settings.domain).map_err(anyhow::Error::msg)?;
         let own_dir = settings.state_dir.join("names");
@@ -98,7 +92,7 @@ impl Names {
             own: Mutex::default(),
             own_dir,
         });
-        names.load_own(&live())?;
+        names.load_own(live)?;
         if let Some(store) = &names.store {
             store.grant().await?;
             names.register_own().await?;
@@ -111,7 +105,6 @@ impl Names {
             names.directory.write().unwrap().replace_all(own);
         }
         server::serve(names.clone(), names.listen).await?;
-        tokio::spawn(names.clone().reconcile(live));
         info!(
             listen = %names.listen,
             domain = %names.zone.domain,
@@ -382,22 +375,18 @@ impl Names {
         }
     }
 
-    /// Releases names whose container went without a poststop (hpk-netd reaped it).
-    async fn reconcile(self: Arc<Self>, live: LiveIds) {
-        loop {
-            tokio::time::sleep(RECONCILE_EVERY).await;
-            let alive = live();
-            let gone: HashSet<String> = self
-                .own
-                .lock()
-                .unwrap()
-                .values()
-                .filter(|e| !alive.contains(&e.container))
-                .map(|e| e.container.clone())
-                .collect();
-            for container in gone {
-                self.release_container(&container).await;
-            }
+    /// Releases the names of containers no longer attached (gone without a poststop).
+    pub async fn release_gone(&self, alive: &HashSet<String>) {
+        let gone: HashSet<String> = self
+            .own
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| !alive.contains(&e.container))
+            .map(|e| e.container.clone())
+            .collect();
+        for container in gone {
+            self.release_container(&container).await;
         }
     }
 }
@@ -408,9 +397,5 @@ fn read_entry(path: &Path) -> Option<Entry> {
 
 /// The conflict's message: where the name runs, and what to do.
 fn taken(name: &str, holder: &Entry) -> String {
-    format!(
-        "name {name} is taken: container {} at {} in the bubble of {} has it; choose another \
-         --name, or stop that container first",
-        holder.container, holder.address, holder.bubble
-    )
+    hpk_hook::names::taken(name, &holder.container, holder.address, &holder.bubble)
 }

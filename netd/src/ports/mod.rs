@@ -14,7 +14,6 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hpk_hook::ports::PortMapping;
@@ -24,12 +23,6 @@ use tracing::{info, warn};
 
 use self::handover::{ListenRequest, Listener};
 use crate::sys::fs::write_atomically;
-
-/// How often ports of containers that went without a poststop are looked for.
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-
-/// The containers still attached.
-pub type LiveIds = Box<dyn Fn() -> HashSet<String> + Send + Sync>;
 
 /// One forwarded port: its task ends (and its socket closes) when this is dropped.
 struct Forward {
@@ -62,12 +55,12 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Sets up transparency, publishes again the ports of containers still attached
-    /// (after a restart), and starts dropping those of containers that go.
+    /// Sets up transparency and publishes again the ports of containers still attached
+    /// (after a restart).
     pub async fn start(
         launcher: Option<PathBuf>,
         state_dir: &std::path::Path,
-        live: LiveIds,
+        live: &HashSet<String>,
     ) -> Result<Arc<Ports>> {
         let transparent = match tokio::task::spawn_blocking(transparent::enable).await? {
             Ok(()) => true,
@@ -84,8 +77,7 @@ impl Ports {
             forwards: Mutex::default(),
             state_dir,
         });
-        ports.republish(&live()).await;
-        tokio::spawn(ports.clone().reconcile(live));
+        ports.republish(live).await;
         Ok(ports)
     }
 
@@ -215,21 +207,18 @@ impl Ports {
         }
     }
 
-    async fn reconcile(self: Arc<Self>, live: LiveIds) {
-        loop {
-            tokio::time::sleep(RECONCILE_EVERY).await;
-            let alive = live();
-            let gone: Vec<String> = self
-                .forwards
-                .lock()
-                .unwrap()
-                .keys()
-                .filter(|id| !alive.contains(*id))
-                .cloned()
-                .collect();
-            for id in gone {
-                self.unpublish(&id);
-            }
+    /// Closes the ports of containers no longer attached (gone without a poststop).
+    pub fn unpublish_gone(&self, alive: &HashSet<String>) {
+        let gone: Vec<String> = self
+            .forwards
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|id| !alive.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.unpublish(&id);
         }
     }
 }
