@@ -4,6 +4,10 @@
 //! clients holding it (`--client-cert-auth`): another user who can reach the host can
 //! neither read nor rewrite the cluster's leases and routes.
 //!
+//! Beside them the controller writes the overlay key ([`OVERLAY_KEY`]): every hpk-netd
+//! VTEP authenticates (or encrypts) its datagrams with keys derived from it, so another
+//! user on a node can neither inject frames into the overlay nor replay captured ones.
+//!
 //! The CA's key is never written: once start-up is done nothing can sign another
 //! certificate. The CA and client files go to the shared directory (nodes read them),
 //! the server's to the controller's state directory; all are 0600 in 0700 directories.
@@ -19,6 +23,10 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 
 use hpk_netd::sys::fs::{private_dir, write_atomically};
+use hpk_netd::underlay::auth::key::ClusterKey;
+
+/// The overlay key's file name, in the shared PKI directory.
+pub const OVERLAY_KEY: &str = "overlay.key";
 
 /// A cluster lives as long as its job; a year covers any allocation.
 const VALIDITY: time::Duration = time::Duration::days(365);
@@ -103,6 +111,7 @@ pub fn create(
     ] {
         write_atomically(path, pem.as_bytes(), 0o600, true)?;
     }
+    ClusterKey::generate()?.write(&client_dir.join(OVERLAY_KEY))?;
     Ok((files, server_files))
 }
 
@@ -186,6 +195,7 @@ mod tests {
             &client.key,
             &server.cert,
             &server.key,
+            &dir.join("shared").join(OVERLAY_KEY),
         ] {
             let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", path.display());
@@ -196,7 +206,7 @@ mod tests {
         }
         assert_eq!(
             std::fs::read_dir(dir.join("shared")).unwrap().count(),
-            3,
+            4,
             "no CA key"
         );
         std::fs::remove_dir_all(&dir).unwrap();

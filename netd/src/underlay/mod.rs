@@ -8,6 +8,7 @@
 //! a time ([`datapath`], [`gso`]). On the wire it is flannel's vxlan ([`header`]): kernel
 //! and userspace peers talk to each other.
 
+pub mod auth;
 pub mod checksum;
 pub mod datapath;
 pub mod device;

@@ -1,0 +1,3 @@
+//! Who may write into the overlay: the cluster's key.
+
+pub mod key;
