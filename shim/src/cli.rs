@@ -175,6 +175,33 @@ pub struct RunOpts {
     /// (also HPKTAINER_INSECURE_REGISTRIES, comma-separated; localhost always is).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+    /// A device (repeatable): a CDI device VENDOR/CLASS=NAME (=all: every device of the
+    /// kind) from the specs in the CDI directories, or a device node
+    /// /dev/PATH[:CONTAINER_PATH][:rwm] (a directory: every node under it). Rootless, a
+    /// node is bind-mounted and must be one this user may open.
+    #[arg(long, value_name = "NAME|/dev/PATH[:PATH][:rwm]")]
+    pub device: Vec<String>,
+    /// NVIDIA GPUs through their CDI spec (`nvidia-ctk cdi generate`): `all`, or a list
+    /// of indices/UUIDs. `all` means the GPUs Slurm gave the job when SLURM_STEP_GPUS,
+    /// SLURM_JOB_GPUS or CUDA_VISIBLE_DEVICES is set.
+    #[arg(long, value_name = "all|LIST")]
+    pub gpus: Option<String>,
+    /// Apptainer's name for --gpus all.
+    #[arg(long)]
+    pub nv: bool,
+    /// A resource limit NAME=SOFT[:HARD] (repeatable; -1: unlimited), e.g. memlock=-1 for
+    /// RDMA; at most the user's own hard limit.
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// Directories of CDI specs (repeatable; colon-separated in the variable), instead of
+    /// /etc/cdi and /var/run/cdi.
+    #[arg(
+        long = "cdi-spec-dir",
+        env = "CDI_SPEC_DIRS",
+        value_delimiter = ':',
+        value_name = "DIR"
+    )]
+    pub cdi_spec_dir: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod commands;
+pub mod devices;
 pub mod environment;
 pub mod files;
 pub mod hookset;

@@ -248,7 +248,13 @@ fn singularity_command_lines() {
         no_network: true,
         ..base.clone()
     };
-    let lines = [&base, &with_cmd, &none]
+    // The user's CDI devices (GPUs as their CDI names), with their spec directories.
+    let gpus = singularity::Invocation {
+        devices: vec!["nvidia.com/gpu=0".into(), "example.test/dev=all".into()],
+        device_cdi_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
+        ..base.clone()
+    };
+    let lines = [&base, &with_cmd, &none, &gpus]
         .iter()
         .map(|i| {
             format!(

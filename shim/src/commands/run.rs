@@ -15,6 +15,7 @@ use tracing::debug;
 use super::{exit_code, run_in_foreground, Ctx};
 use crate::bundle::{self, Bind, Plan};
 use crate::cli::{NetworkMode, RunOpts};
+use crate::devices;
 use crate::environment;
 use crate::hookset::{find_hook, HookSet};
 use crate::image;
@@ -32,6 +33,8 @@ pub struct Checked {
     pub annotations: HashMap<String, String>,
     /// The bubble's DNS server and cluster domain, when hpk-netd serves names.
     pub dns: Option<(std::net::Ipv4Addr, String)>,
+    /// Devices and limits, checked against this host.
+    pub devices: devices::Resolved,
 }
 
 /// Checks the user's input and the network before pulling or creating anything, so bad
@@ -57,6 +60,7 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
         .iter()
         .map(|b| Bind::parse(b))
         .collect::<Result<Vec<_>>>()?;
+    let devices = devices::resolve(opts, !ctx.ids.is_real_root())?;
     let mut annotations = HashMap::new();
     let mut dns = None;
     let hooks = match opts.network {
@@ -102,6 +106,7 @@ pub fn check(ctx: &Ctx, opts: &RunOpts) -> Result<Checked> {
         hooks,
         annotations,
         dns,
+        devices,
     })
 }
 
@@ -221,7 +226,10 @@ fn run_oci(
         rootless: rootless.then(|| ctx.ids.mappings()),
         tmpfs_tmp: prepared.tmpfs_tmp,
     };
-    let spec = bundle::build(&plan)?;
+    let mut spec = bundle::build(&plan)?;
+    c.devices
+        .apply(&mut spec, plan.rootless.as_ref())
+        .context("applying the devices to the container's config.json")?;
     bundle::save(&spec, &dir.bundle().join("config.json"))?;
     let oci = Oci::new(c.runtime.clone(), &ctx.paths.runtime_state);
     std::fs::create_dir_all(&oci.root)

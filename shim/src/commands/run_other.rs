@@ -56,6 +56,15 @@ pub fn apptainer(
             annotations: c.annotations.clone(),
         };
         apptainer::edit_bundle(&bundle, c.hooks.as_ref(), &overrides)?;
+        if !c.devices.is_empty() {
+            // Apptainer's `oci` mode has no --nv or CDI of its own: the same edits as ours.
+            let rootless = (!ctx.ids.is_real_root()).then(|| ctx.ids.mappings());
+            let mut applied = Ok(());
+            crate::bundle::edit_config_with(&bundle, |spec| {
+                applied = c.devices.apply(spec, rootless.as_ref());
+            })?;
+            applied.context("applying the devices to Apptainer's bundle")?;
+        }
         info!(container = %c.name, "starting with apptainer");
         let status = run_in_foreground(&mut apptainer::run_cmd(path, &bundle, &c.name))?;
         Ok(exit_code(status))
@@ -77,6 +86,9 @@ pub fn singularity(
     if opts.ip.is_some() {
         bail!("--ip cannot reach the hook through SingularityCE's CDI device: use --runtime runc or crun");
     }
+    if !c.devices.plain.is_empty() || !c.devices.rlimits.is_empty() {
+        bail!("--device /dev/PATH and --ulimit are not passed to SingularityCE (its --oci mode takes CDI devices only): use a CDI device, or --runtime runc or crun");
+    }
     let cdi_dir = ctx.paths.generated.join("cdi");
     if let Some(hooks) = &c.hooks {
         // Concurrent runs read it: written whole, and only when it changes.
@@ -93,6 +105,8 @@ pub fn singularity(
         cwd: opts.workdir.clone(),
         cdi_dir,
         no_network: c.hooks.is_none(),
+        devices: c.devices.cdi_names.clone(),
+        device_cdi_dirs: c.devices.cdi_dirs.clone(),
     };
     let mut cmd = singularity::command(&c.runtime.path, &inv)?;
     info!(command = %tool::render(&cmd), "starting with singularity");

@@ -21,6 +21,9 @@ pub struct Invocation {
     pub cdi_dir: PathBuf,
     /// `--network none`: no CDI device.
     pub no_network: bool,
+    /// The user's CDI devices (GPUs included), and the directories of their specs.
+    pub devices: Vec<String>,
+    pub device_cdi_dirs: Vec<PathBuf>,
 }
 
 /// `singularity run|exec --oci --net --network none --device hpktainer.io/net=net
@@ -33,11 +36,20 @@ pub fn command(singularity: &Path, inv: &Invocation) -> Result<Command> {
     let mut cmd = Command::new(singularity);
     cmd.arg(if inv.args.is_empty() { "run" } else { "exec" });
     cmd.args(["--oci", "--net", "--network", "none"]);
+    let mut dirs = Vec::new();
     if !inv.no_network {
-        cmd.arg("--device")
-            .arg(format!("{CDI_KIND}={CDI_DEVICE}"))
-            .arg("--cdi-dirs")
-            .arg(&inv.cdi_dir);
+        cmd.arg("--device").arg(format!("{CDI_KIND}={CDI_DEVICE}"));
+        dirs.push(inv.cdi_dir.display().to_string());
+    }
+    for d in &inv.devices {
+        cmd.arg("--device").arg(d);
+    }
+    if !inv.devices.is_empty() {
+        dirs.extend(inv.device_cdi_dirs.iter().map(|d| d.display().to_string()));
+    }
+    // --cdi-dirs replaces SingularityCE's own list: ours and the user's, in one list.
+    if !dirs.is_empty() {
+        cmd.arg("--cdi-dirs").arg(dirs.join(","));
     }
     for e in &inv.env {
         cmd.arg("--env").arg(e);
