@@ -11,11 +11,15 @@
 //! The CA's key is never written: once start-up is done nothing can sign another
 //! certificate. The CA and client files go to the shared directory (nodes read them),
 //! the server's to the controller's state directory; all are 0600 in 0700 directories.
+//!
+//! A controller restarted in place ([`create_or_keep`]) carries on with the files it
+//! finds, since the nodes hold certificates of that CA and no other; only the overlay key
+//! is made anew (rotated) at each start of the controller.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -46,6 +50,16 @@ pub struct ServerFiles {
     pub key: PathBuf,
 }
 
+impl ServerFiles {
+    /// Where the controller keeps them in its state directory's `dir`.
+    pub fn in_dir(dir: &Path) -> ServerFiles {
+        ServerFiles {
+            cert: dir.join("etcd-server.pem"),
+            key: dir.join("etcd-server-key.pem"),
+        }
+    }
+}
+
 impl ClientFiles {
     /// Where the controller puts them in the shared directory `dir`.
     pub fn in_dir(dir: &Path) -> ClientFiles {
@@ -68,6 +82,37 @@ impl ClientFiles {
         }
         Ok(())
     }
+}
+
+/// The cluster's PKI for a controller's start: the one a previous start of this
+/// controller left (the shared files and, in its state dir, the server's), else a new
+/// one. Refuses when the shared files exist without the server's: no new server
+/// certificate can be signed by the CA the nodes trust.
+pub fn create_or_keep(
+    client_dir: &Path,
+    server_dir: &Path,
+    host_ip: Ipv4Addr,
+) -> Result<(ClientFiles, ServerFiles)> {
+    let client = ClientFiles::in_dir(client_dir);
+    let server = ServerFiles::in_dir(server_dir);
+    let shared = [&client.ca, &client.cert, &client.key];
+    if !shared.iter().any(|p| p.exists()) {
+        return create(client_dir, server_dir, host_ip);
+    }
+    if shared.iter().all(|p| p.is_file()) && server.cert.is_file() && server.key.is_file() {
+        tracing::info!(
+            dir = %client_dir.display(),
+            "carrying on with the cluster's CA and certificates (the nodes hold them); the overlay key is rotated"
+        );
+        ClusterKey::generate()?.write(&client_dir.join(OVERLAY_KEY))?;
+        return Ok((client, server));
+    }
+    bail!(
+        "{} holds the etcd certificates of a cluster that is still running, but {} has no server certificate of its CA (this controller's state directory is gone, or it runs on another node than before); the CA's key is never kept, so the nodes cannot be given new ones: end the job (scancel) and submit it again, or remove {} and restart every bubble of the job",
+        client_dir.display(),
+        server_dir.display(),
+        client_dir.display()
+    )
 }
 
 /// Makes a CA and the server and client certificates; the server's names `host_ip` and
@@ -98,10 +143,7 @@ pub fn create(
     private_dir(client_dir)?;
     private_dir(server_dir)?;
     let files = ClientFiles::in_dir(client_dir);
-    let server_files = ServerFiles {
-        cert: server_dir.join("etcd-server.pem"),
-        key: server_dir.join("etcd-server-key.pem"),
-    };
+    let server_files = ServerFiles::in_dir(server_dir);
     for (path, pem) in [
         (&files.ca, ca.pem()),
         (&files.cert, client.pem()),
@@ -209,6 +251,40 @@ mod tests {
             4,
             "no CA key"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A restarted controller keeps the CA and certificates (the nodes hold them) and
+    /// rotates the overlay key; the shared files without the server's are refused.
+    #[test]
+    fn a_restart_keeps_the_certificates_and_rotates_the_overlay_key() {
+        let dir = std::env::temp_dir().join(format!("hpk-pki-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (shared, state) = (dir.join("shared"), dir.join("state"));
+        let ip = "192.0.2.11".parse().unwrap();
+        let (client, server) = create_or_keep(&shared, &state, ip).unwrap();
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        let (ca, cert, key) = (
+            read(&client.ca),
+            read(&server.cert),
+            read(&shared.join(OVERLAY_KEY)),
+        );
+        let (client2, server2) = create_or_keep(&shared, &state, ip).unwrap();
+        assert_eq!((&client2, &server2), (&client, &server));
+        assert_eq!(read(&client.ca), ca, "the CA is kept");
+        assert_eq!(read(&server.cert), cert, "the server's certificate is kept");
+        assert_ne!(
+            read(&shared.join(OVERLAY_KEY)),
+            key,
+            "the overlay key is rotated"
+        );
+        std::fs::remove_dir_all(&state).unwrap();
+        let e = format!("{:#}", create_or_keep(&shared, &state, ip).unwrap_err());
+        assert!(
+            e.contains("no server certificate") && e.contains("scancel"),
+            "{e}"
+        );
+        assert_eq!(read(&client.ca), ca, "nothing the nodes hold is replaced");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,29 +4,33 @@
 //! for the controller when it is a node, starts the bubble and its uplink, waits for PID 1
 //! to report ready, publishes the record, prints one line, then holds until SIGTERM or
 //! until a part dies. Whatever happens after the first step, [`Running`]'s drop removes
-//! what was made: processes, namespaces, the record and the state dir.
+//! what was made: processes, namespaces, the record and the state dir (a controller that
+//! failed keeps etcd's data and its certificate there for the start that takes over).
+//!
+//! A state dir left by a dead bubble (its launcher SIGKILLed) is taken over
+//! ([`state::claim`]): that is how `hpk.slurm` restarts a bubble in place.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod running;
+pub mod state;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hpk_netd::subnet::etcd::netconfig::NetworkConfig;
-use hpk_netd::sys::process::ProcId;
-use hpk_netd::underlay::handover::Server;
 
-use crate::child::Service;
 use crate::cli::{BubbleRuntime, Role, StartArgs, UnderlayKind, UplinkKind};
-use crate::holder::{Holder, Launch};
 use crate::host::{self, Forward, HostLink, Proto};
-use crate::init::{Plan, Report};
+use crate::init::Plan;
 use crate::record::{self, Record, SharedDir};
 use crate::signals::{wants_stop, Signals};
 use crate::{pki, tools, uplink};
+use running::Running;
 
-const STOP_GRACE: Duration = Duration::from_secs(15);
+/// What a controller's state dir keeps for a restart in place: etcd's data, the server's
+/// certificate and key, K3s's data.
+const CONTROLLER_KEEPS: &[&str] = &["etcd", "pki", "k3s"];
 
 /// What pre-flight found out about the node.
 struct Node {
@@ -47,7 +51,33 @@ struct Node {
 
 pub fn run(args: StartArgs) -> Result<()> {
     let mut signals = Signals::block()?;
-    let node = preflight(&args)?;
+    if args.id == 0 {
+        bail!("bubble numbers start at 1");
+    }
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(args.id));
+    let keep = match args.role {
+        Role::Controller => CONTROLLER_KEEPS,
+        Role::Node => &[],
+    };
+    // Before pre-flight: a dead bubble's processes may still hold its ports as they end.
+    let (state, takeover) = state::claim(&state_dir, args.id, keep)?;
+    let node = match preflight(&args) {
+        Ok(node) => node,
+        Err(e) => {
+            state.discard_if_new();
+            return Err(e);
+        }
+    };
+    if let Some(t) = takeover {
+        // claim logged it to the job's output; the bubble's own log says so too.
+        note_in_log(
+            &node.shared.log_path(args.id, "init"),
+            &t.describe(args.id, &state_dir),
+        );
+    }
     let controller_url = match args.role {
         Role::Controller => None,
         Role::Node => {
@@ -59,11 +89,7 @@ pub fn run(args: StartArgs) -> Result<()> {
             )
         }
     };
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| default_state_dir(args.id));
-    let mut running = Running::new(node.shared.clone(), args.id, state_dir.clone())?;
+    let mut running = Running::new(node.shared.clone(), args.id, state, keep);
     let etcd = etcd_access(&args, &node, controller_url, &mut running)?;
     let plan = Plan {
         id: args.id,
@@ -147,9 +173,9 @@ fn etcd_access(
         }
         None => {
             running.pki = Some(node.shared.pki_dir());
-            let (client, server) = pki::create(
+            let (client, server) = pki::create_or_keep(
                 &node.shared.pki_dir(),
-                &running.state_dir.join("pki"),
+                &running.state.path.join("pki"),
                 node.link.addr,
             )?;
             EtcdAccess {
@@ -162,9 +188,6 @@ fn etcd_access(
 }
 
 fn preflight(args: &StartArgs) -> Result<Node> {
-    if args.id == 0 {
-        bail!("bubble numbers start at 1");
-    }
     let shared = SharedDir::open(&args.shared.shared_dir)?;
     let network_text = match args.network_config.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file)
@@ -291,243 +314,16 @@ fn default_state_dir(id: u32) -> PathBuf {
     ))
 }
 
-/// A bubble being started or running; dropping it tears everything down.
-struct Running {
-    shared: SharedDir,
-    id: u32,
-    state_dir: PathBuf,
-    holder: Option<Holder>,
-    uplink: Option<Service>,
-    init: Option<ProcId>,
-    /// Serves the host socket to hpk-netd (each start of it).
-    handover: Option<Server>,
-    /// Binds published ports on the host for hpk-netd.
-    ports: Option<hpk_netd::ports::handover::Server>,
-    /// The cluster's PKI in the shared directory, when this controller made it.
-    pki: Option<PathBuf>,
-}
-
-impl Running {
-    fn new(shared: SharedDir, id: u32, state_dir: PathBuf) -> Result<Running> {
-        use std::os::unix::fs::DirBuilderExt;
-        if state_dir.exists() {
-            bail!(
-                "state directory {} exists: is bubble {id} already running here? (remove it if not)",
-                state_dir.display()
-            );
-        }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&state_dir)
-            .with_context(|| format!("cannot create {}", state_dir.display()))?;
-        Ok(Running {
-            shared,
-            id,
-            state_dir,
-            holder: None,
-            uplink: None,
-            init: None,
-            handover: None,
-            ports: None,
-            pki: None,
-        })
-    }
-
-    fn bring_up(
-        &mut self,
-        node: &Node,
-        plan: &Plan,
-        args: &StartArgs,
-        signals: &mut Signals,
-    ) -> Result<Record> {
-        nix::unistd::mkfifo(
-            &plan.ready_fifo,
-            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
-        )
-        .context("cannot make the ready FIFO")?;
-        let mut fifo = std::fs::File::options()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&plan.ready_fifo)?;
-        if let Some(socket) = &node.host_socket {
-            let path = self.state_dir.join(crate::init::netd::UNDERLAY_SOCKET);
-            let listener = hpk_netd::sys::unix_socket::bind(&path, 0o600, None, None)?;
-            let socket = socket.try_clone().context("cannot share the host socket")?;
-            self.handover = Some(Server::spawn(listener, socket)?);
-        }
-        let path = self.state_dir.join(crate::init::netd::PORTS_SOCKET);
-        let listener = hpk_netd::sys::unix_socket::bind(&path, 0o600, None, None)?;
-        self.ports = Some(hpk_netd::ports::handover::Server::spawn(listener)?);
-        let init_log = self.shared.log_path(self.id, "init");
-        let launch = Launch {
-            exe: &node.exe,
-            init_args: vec!["init".into(), "--plan".into(), serde_json::to_string(plan)?],
-            binds: vec![&self.shared.path, &self.state_dir],
-            log: &init_log,
-        };
-        self.holder = Some(match node.runtime {
-            BubbleRuntime::Unshare => Holder::unshare(&launch)?,
-            BubbleRuntime::Apptainer => Holder::apptainer(
-                args.image.as_deref().expect("checked in preflight"),
-                format!("bubble{}", self.id),
-                &launch,
-            )?,
-        });
-        let mut lines = Lines::default();
-        let deadline = Instant::now() + Duration::from_secs(args.wait_timeout);
-        match self.next_report(&mut fifo, &mut lines, signals, deadline, &init_log)? {
-            Report::Started => {}
-            other => bail!("the bubble's init said {other:?} first"),
-        }
-        let pid =
-            crate::child::wait_for("the bubble's PID 1", "", Duration::from_secs(10), || {
-                self.holder.as_mut().expect("set").init_pid()
-            })?;
-        self.init = ProcId::of(pid);
-        let uplink_log = self.shared.log_path(self.id, "uplink");
-        self.uplink = Some(uplink::start(
-            node.uplink,
-            &uplink::UplinkPlan {
-                pid,
-                host_ip: node.link.addr,
-                forwards: &node.forwards,
-                state_dir: &self.state_dir,
-                log: &uplink_log,
-            },
-        )?);
-        let subnet = match self.next_report(&mut fifo, &mut lines, signals, deadline, &init_log)? {
-            Report::Ready { subnet } => subnet,
-            Report::Failed { error } => bail!(
-                "the bubble failed to start: {error} (its logs: {}/bubble-{}-*.log)",
-                self.shared.path.display(),
-                self.id
-            ),
-            Report::Started => bail!("the bubble's init started twice"),
-        };
-        let record = Record {
-            id: self.id,
-            role: plan.role,
-            job: std::env::var("SLURM_JOB_ID").ok(),
-            host: record::hostname(),
-            host_ip: node.link.addr,
-            uplink: node.uplink,
-            underlay: plan.underlay,
-            etcd: (plan.role == Role::Controller).then(|| {
-                let scheme = if plan.etcd_server_tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
-                format!("{scheme}://{}:{}", node.link.addr, args.etcd_port)
-            }),
-            vxlan_port: node.network.port,
-            subnet,
-            init: self.init.context("the bubble's PID 1 vanished")?,
-            state_dir: self.state_dir.clone(),
-        };
-        self.shared.publish(&record)?;
-        Ok(record)
-    }
-
-    /// The next report of PID 1, while watching signals, the holder and the uplink.
-    fn next_report(
-        &mut self,
-        fifo: &mut std::fs::File,
-        lines: &mut Lines,
-        signals: &mut Signals,
-        deadline: Instant,
-        init_log: &Path,
-    ) -> Result<Report> {
-        loop {
-            if let Some(line) = lines.next() {
-                return serde_json::from_str(&line)
-                    .with_context(|| format!("unexpected report from the bubble: {line:?}"));
-            }
-            if let Some(sig) = wants_stop(&signals.pending()?) {
-                bail!("stopped by {sig} while the bubble was starting");
-            }
-            self.check_parts()
-                .with_context(|| format!("the bubble's init log: {}", init_log.display()))?;
-            if Instant::now() >= deadline {
-                bail!(
-                    "the bubble was not ready in time (--wait-timeout); its logs: {}/bubble-{}-*.log",
-                    self.shared.path.display(),
-                    self.id
-                );
-            }
-            hpk_netd::sys::poll::readable(&[fifo.as_raw_fd(), signals.raw_fd()], 200)?;
-            lines.fill(fifo)?;
-        }
-    }
-
-    /// An error when the holder or the uplink is gone.
-    fn check_parts(&mut self) -> Result<()> {
-        if let Some(e) = self.holder.as_mut().and_then(|h| h.gone(self.init)) {
-            return Err(e);
-        }
-        if let Some(up) = self.uplink.as_mut() {
-            if let Some(status) = up.exited() {
-                return Err(up.exit_report(status));
-            }
-        }
-        Ok(())
-    }
-
-    fn hold(mut self, signals: &mut Signals) -> Result<()> {
-        loop {
-            let got = signals.wait(Duration::from_secs(1))?;
-            if let Some(sig) = wants_stop(&got) {
-                tracing::info!(%sig, bubble = self.id, "stopping");
-                return Ok(());
-            }
-            self.check_parts()?;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(holder) = self.holder.as_mut() {
-            holder.stop(self.init, STOP_GRACE);
-        }
-        if let Some(up) = self.uplink.as_mut() {
-            up.stop(Duration::from_secs(2));
-        }
-        if let Some(init) = self.init {
-            self.shared.withdraw(self.id, init);
-        }
-        if let Some(pki) = &self.pki {
-            let _ = std::fs::remove_dir_all(pki);
-        }
-        if let Err(e) = std::fs::remove_dir_all(&self.state_dir) {
-            tracing::warn!(dir = %self.state_dir.display(), "cannot remove the state dir: {e}");
-        }
-    }
-}
-
-/// Newline-separated reports read from the FIFO.
-#[derive(Default)]
-struct Lines {
-    buf: Vec<u8>,
-}
-
-impl Lines {
-    fn fill(&mut self, fifo: &mut std::fs::File) -> Result<()> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match fifo.read(&mut chunk) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e).context("reading the ready FIFO"),
-            }
-        }
-    }
-
-    fn next(&mut self) -> Option<String> {
-        let end = self.buf.iter().position(|&b| b == b'\n')?;
-        let line: Vec<u8> = self.buf.drain(..=end).collect();
-        Some(String::from_utf8_lossy(&line).trim().to_owned())
+/// Appends `line` to the log at `path` (best effort: the launcher's stderr has it too).
+fn note_in_log(path: &std::path::Path, line: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "hpk-bubble start: {line}"));
+    if let Err(e) = written {
+        tracing::warn!(log = %path.display(), "cannot note the takeover: {e}");
     }
 }

@@ -1,0 +1,252 @@
+//! Restart in place, as `hpk.slurm` does it: a bubble's launcher SIGKILLed (a crash, an
+//! OOM kill) and started again on its node with the same ID. The new start takes over
+//! the dead bubble's state directory and says which containers went with it; a node gets
+//! its subnet back and is routed to again, its new containers' names reach the others; a
+//! controller carries on with the same etcd data and CA, so the nodes reconnect and a
+//! node started afterwards joins. Meanwhile a ping between two other bubbles' containers
+//! runs, and every one of its echoes must come back.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+use testkit::wait_until;
+
+const NAMES_TTL: (&str, &str) = ("HPK_NETD_NAMES_TTL", "3");
+
+fn record(c: &Cluster, id: u32) -> Value {
+    serde_json::from_slice(&std::fs::read(c.shared.join(format!("bubble-{id}.json"))).unwrap())
+        .unwrap()
+}
+
+/// Waits for bubble `id`'s record from another PID 1 than `old` (the dead bubble's
+/// record stays behind it); panics with the launcher's log if it exits first.
+fn wait_restarted(c: &mut Cluster, id: u32, old: &Value) -> Value {
+    let path = c.shared.join(format!("bubble-{id}.json"));
+    let mut exited = false;
+    wait_until(
+        &format!("bubble {id} to be ready again"),
+        Duration::from_secs(90),
+        || {
+            exited = !c.launcher(id).alive();
+            exited
+                || std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .is_some_and(|r| r["init"] != old["init"])
+        },
+    );
+    assert!(!exited, "bubble {id} exited: {}", c.launcher_log(id));
+    record(c, id)
+}
+
+/// The names bubble `id`'s hpk-netd knows.
+fn names_in(c: &Cluster, id: u32) -> Vec<String> {
+    let status: Value =
+        serde_json::from_str(&c.shell_ok(id, &["hpk-netd", "status", "--json"])).unwrap();
+    status["names"]["records"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|n| n["name"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A detached container in bubble `from` pinging `to` every 100 ms; its log holds one
+/// line per echo that came back.
+struct Pinger {
+    from: u32,
+}
+
+impl Pinger {
+    fn start(c: &Cluster, from: u32, to: std::net::Ipv4Addr) -> Pinger {
+        let rootfs = c.rootfs.to_str().unwrap();
+        let target = to.to_string();
+        c.shell_ok(
+            from,
+            &[
+                "hpktainer",
+                "run",
+                "-d",
+                "--name",
+                "pinger",
+                rootfs,
+                "ping",
+                "-i",
+                "0.1",
+                &target,
+            ],
+        );
+        let p = Pinger { from };
+        wait_until("the first echo", Duration::from_secs(20), || {
+            !p.echoes(c).is_empty()
+        });
+        p
+    }
+
+    /// Sequence numbers of the echoes received so far.
+    fn echoes(&self, c: &Cluster) -> BTreeSet<u64> {
+        c.shell_ok(self.from, &["hpktainer", "logs", "pinger"])
+            .lines()
+            .filter_map(|l| {
+                l.split("seq=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Once `more` echoes came after what was seen now: (sent, lost) over the whole run.
+    /// A ping sends in order, so every sequence number below the last echo was sent.
+    fn finish(self, c: &Cluster, more: usize) -> (u64, Vec<u64>) {
+        let seen = self.echoes(c).len();
+        let mut echoes = BTreeSet::new();
+        wait_until(
+            "more echoes after the restart",
+            Duration::from_secs(30),
+            || {
+                echoes = self.echoes(c);
+                echoes.len() >= seen + more
+            },
+        );
+        c.shell_ok(self.from, &["hpktainer", "rm", "--force", "pinger"]);
+        let (first, last) = (*echoes.first().unwrap(), *echoes.last().unwrap());
+        let lost = (first..=last).filter(|s| !echoes.contains(s)).collect();
+        (last - first + 1, lost)
+    }
+}
+
+fn cluster(n: usize) -> Cluster {
+    let mut c = Cluster::new(n);
+    // The file hpktainer binds the bubble's DNS over must exist in the rootfs.
+    std::fs::write(c.rootfs.join("etc/resolv.conf"), "").unwrap();
+    for h in 0..n.min(3) {
+        let (id, role) = (h as u32 + 1, if h == 0 { "controller" } else { "node" });
+        c.launch_with(h, id, role, &[], &[NAMES_TTL]);
+        c.wait_ready(id);
+    }
+    c
+}
+
+#[test]
+fn a_node_restarted_in_place_gets_its_subnet_back() {
+    let mut c = cluster(3);
+    let a3 = c.container(3, "far", &[]);
+    c.container(2, "old", &[]);
+    let before = record(&c, 2);
+    let pinger = Pinger::start(&c, 1, a3);
+
+    c.launcher(2).stop_with(Signal::SIGKILL);
+    assert!(c.state_dir(2).exists(), "a SIGKILL leaves the state dir");
+    c.launch_with(1, 2, "node", &[], &[NAMES_TTL]);
+    let after = wait_restarted(&mut c, 2, &before);
+    let log = c.launcher_log(2);
+    assert!(
+        log.contains("took over the state directory") && log.contains("containers are gone: old"),
+        "{log}"
+    );
+    let init_log = std::fs::read_to_string(c.shared.join("bubble-2-init.log")).unwrap();
+    assert!(init_log.contains("containers are gone: old"), "{init_log}");
+    assert_eq!(after["subnet"], before["subnet"], "the lease by PublicIP");
+
+    // A second start beside the running one is refused, naming its launcher.
+    let state = c.state_dir(2);
+    let out = c
+        .command(1, &["start", "2", "node", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already running here"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Peers route to it again; its new container's name reaches them, the old one's goes.
+    let a2 = c.container(2, "fresh", &[]);
+    for id in [1, 3] {
+        let out = c.in_container(id, &format!("ping -c 1 -W 5 {a2}"));
+        assert!(out.status.success(), "bubble {id}: {}", stdout(&out));
+        wait_until(
+            &format!("bubble {id} to learn fresh and forget old"),
+            Duration::from_secs(20),
+            || {
+                let names = names_in(&c, id);
+                names.contains(&"fresh".to_string()) && !names.contains(&"old".to_string())
+            },
+        );
+    }
+    let (sent, lost) = pinger.finish(&c, 10);
+    eprintln!("bubble 1 -> 3 while bubble 2 restarted: {sent} sent, lost {lost:?}");
+    assert_eq!(lost, Vec::<u64>::new(), "of {sent}");
+}
+
+#[test]
+fn a_controller_restarted_in_place_carries_on_with_the_same_cluster() {
+    let mut c = cluster(4);
+    let a3 = c.container(3, "far", &[]);
+    let before = record(&c, 1);
+    let pki = c.shared.join("pki");
+    let ca = std::fs::read(pki.join("etcd-ca.pem")).unwrap();
+    let key = std::fs::read(pki.join("overlay.key")).unwrap();
+    let pinger = Pinger::start(&c, 2, a3);
+
+    c.launcher(1).stop_with(Signal::SIGKILL);
+    c.launch_with(0, 1, "controller", &[], &[NAMES_TTL]);
+    let after = wait_restarted(&mut c, 1, &before);
+    let log = c.launcher_log(1);
+    assert!(
+        log.contains("took over the state directory") && log.contains("kept etcd, pki"),
+        "{log}"
+    );
+    assert_eq!(after["subnet"], before["subnet"]);
+    assert_eq!(
+        std::fs::read(pki.join("etcd-ca.pem")).unwrap(),
+        ca,
+        "same CA"
+    );
+    assert_ne!(
+        std::fs::read(pki.join("overlay.key")).unwrap(),
+        key,
+        "the overlay key is rotated"
+    );
+
+    // A node started now holds the kept CA's certificate; the running nodes learn its
+    // lease from the restarted etcd, so their watches came back.
+    c.launch_with(3, 4, "node", &[], &[NAMES_TTL]);
+    c.wait_ready(4);
+    let a4 = c.container(4, "new", &[]);
+    for id in [1, 2, 3] {
+        let out = c.in_container(id, &format!("ping -c 1 -W 5 {a4}"));
+        assert!(out.status.success(), "bubble {id}: {}", stdout(&out));
+        wait_until(
+            &format!("bubble {id} to learn new"),
+            Duration::from_secs(20),
+            || names_in(&c, id).contains(&"new".to_string()),
+        );
+    }
+    let (sent, lost) = pinger.finish(&c, 10);
+    eprintln!("bubble 2 -> 3 while the controller restarted: {sent} sent, lost {lost:?}");
+    assert_eq!(lost, Vec::<u64>::new(), "of {sent}");
+
+    // scancel's SIGTERM then takes everything, the kept etcd data and PKI too.
+    for id in [4, 3, 2, 1] {
+        let (code, err) = c.stop_launcher(id, Signal::SIGTERM);
+        assert_eq!(code, Some(0), "bubble {id}: {err}");
+    }
+    assert!(!pki.exists());
+    for id in 1..=4 {
+        assert!(!c.state_dir(id).exists(), "bubble {id}");
+    }
+    assert_eq!(c.bubble_processes(), Vec::<String>::new());
+}
