@@ -44,6 +44,7 @@ pub fn run(args: ShellArgs) -> Result<()> {
         .env("HPKTAINER_ROOT", RUN_DIR)
         .env("HPK_NETD_SOCKET", netd::socket())
         .env("HPK_BUBBLE", args.id.to_string());
+    crate::gpus::pass_from(&mut cmd, record.init.pid);
     if args.command.is_empty() {
         let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
         cmd.arg(shell);

@@ -10,6 +10,7 @@
 //! Modules, each using only those before it:
 //! - [`tools`], [`signals`], [`child`]: programs we need, signals, supervised children.
 //! - [`pki`]: the cluster's etcd CA and certificates.
+//! - [`gpus`]: the GPUs Slurm gave the bubble, handed to what runs in it.
 //! - [`record`]: the shared directory: one record per ready bubble, logs.
 //! - [`host`]: the node: its address, link MTU, free ports.
 //! - [`uplink`]: slirp4netns and pasta, with checked port forwards.
@@ -26,6 +27,8 @@ pub mod child;
 pub mod cli;
 
 pub mod pki;
+
+pub mod gpus;
 
 pub mod record;
 
