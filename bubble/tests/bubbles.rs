@@ -184,10 +184,10 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
         String::from_utf8_lossy(&c.command(0, &["list"]).output().unwrap().stdout).into_owned();
     assert_eq!(list.lines().count(), 4, "{list}");
 
-    // The overlay MTU follows the host's 1500-byte link, not the uplink's 65520.
-    // (The bubble's /sys is the host's: ask netlink.)
+    // The overlay MTU follows the host's 1500-byte link, not the uplink's 65520: 50 bytes
+    // for VXLAN, 36 for the seal. (The bubble's /sys is the host's: ask netlink.)
     let link = c.shell_ok(2, &["ip", "-o", "link", "show", "hpk-bridge"]);
-    assert!(link.contains(" mtu 1450 "), "{link}");
+    assert!(link.contains(" mtu 1414 "), "{link}");
 
     let web = c.container(3, "web", &["httpd", "-f", "-p", "8080", "-h", "/"]);
     let a2 = c.container(2, "sleeper", &[]);
@@ -221,7 +221,35 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
             "bubble {id}: {u}"
         );
         assert_eq!(u["counters"]["drop_unknown_sender"], 0, "bubble {id}: {u}");
+        // Sealed with the cluster's key, which the controller wrote beside its PKI.
+        assert_eq!(u["protection"], "authenticate", "bubble {id}: {u}");
+        assert!(u["counters"]["rx_authenticated"].as_u64().unwrap() > 0);
+        for p in status["peers"].as_array().unwrap() {
+            assert_eq!(p["datagrams"], "sealed", "bubble {id}: {p}");
+        }
     }
+    // Another user of node 3, from a port it can bind, sends bubble 1 a datagram: dropped
+    // and counted (hpk-netd's overlay tests show forged, foreign and replayed ones too).
+    let (ns3, addr3) = &c.hosts[2];
+    let out = ns3
+        .nsenter("setpriv")
+        .args([
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            "socat",
+            "-u",
+        ])
+        .arg("OPEN:/dev/zero,readbytes=64")
+        .arg(format!("UDP4-SENDTO:{}:8472,bind={addr3}", c.hosts[0].1))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("bubble 1 to drop it", Duration::from_secs(10), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&c.shell_ok(1, &["hpk-netd", "status", "--json"])).unwrap();
+        status["underlay"]["counters"]["drop_wrong_port"] == 1
+    });
     assert!(
         !port_free(&c, 1, false, 8472),
         "bubble 2's socket holds the port"

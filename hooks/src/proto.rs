@@ -193,6 +193,10 @@ pub struct UnderlayStatus {
     /// Datagrams, frames, bytes and drops by reason (host-socket only).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+    /// How datagrams to hpk-netd peers are sealed: `authenticate`, `encrypt`, or `plain`
+    /// (host-socket only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +234,9 @@ pub struct PeerStatus {
     /// When the peer's lease runs out, seconds since the Unix epoch, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
+    /// `sealed`, or `plain` and why (a kernel flannel VTEP, a peer without the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagrams: Option<String>,
 }
 
 #[cfg(test)]

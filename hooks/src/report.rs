@@ -49,9 +49,14 @@ pub fn table(s: &Status) -> String {
             .expires
             .map(|t| format!(", lease expires in {}", remaining(t, now)))
             .unwrap_or_default();
+        let datagrams = p
+            .datagrams
+            .as_ref()
+            .map(|d| format!(", {d}"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "peer        {} via {} ({}){expires}",
+            "peer        {} via {} ({}){datagrams}{expires}",
             p.subnet, p.public_ip, p.vtep_mac
         )
         .unwrap();
@@ -111,8 +116,13 @@ fn underlay(u: &UnderlayStatus) -> String {
         .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
         .map(|(k, v)| format!("{} {v}", k.trim_start_matches("drop_").replace('_', " ")))
         .collect();
+    let protection = u
+        .protection
+        .as_ref()
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
     format!(
-        "userspace vxlan on {} via host socket {local}: sent {} datagrams, received {}, dropped {}",
+        "userspace vxlan on {}{protection} via host socket {local}: sent {} datagrams, received {}, dropped {}",
         u.device,
         c("tx_datagrams"),
         c("rx_datagrams"),
@@ -148,12 +158,14 @@ mod tests {
                 public_ip: "192.0.2.12".parse().unwrap(),
                 vtep_mac: "02:00:00:00:00:07".into(),
                 expires: Some(0),
+                datagrams: Some("sealed".into()),
             },
             PeerStatus {
                 subnet: "10.244.9.0/24".into(),
                 public_ip: "192.0.2.13".parse().unwrap(),
                 vtep_mac: "02:00:00:00:00:09".into(),
                 expires: None,
+                datagrams: None,
             },
         ];
         status.underlay = Some(UnderlayStatus {
@@ -168,14 +180,15 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+            protection: Some("authenticate".into()),
         });
         let text = table(&status);
         assert!(text.contains(
-            "underlay    userspace vxlan on flannel.1 via host socket 192.0.2.11:8472: sent 5 datagrams, received 7, dropped wrong vni 2\n"
+            "underlay    userspace vxlan on flannel.1 (authenticate) via host socket 192.0.2.11:8472: sent 5 datagrams, received 7, dropped wrong vni 2\n"
         ));
         assert!(text.contains("lease       10.244.3.0/24 for 192.0.2.11, expires in "));
         assert!(text.contains(
-            "peer        10.244.7.0/24 via 192.0.2.12 (02:00:00:00:00:07), lease expires in 0h00m00s\n"
+            "peer        10.244.7.0/24 via 192.0.2.12 (02:00:00:00:00:07), sealed, lease expires in 0h00m00s\n"
         ));
         assert!(text.contains("peer        10.244.9.0/24 via 192.0.2.13 (02:00:00:00:00:09)\n"));
         assert!(text.contains("CONTAINER"));

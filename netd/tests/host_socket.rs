@@ -4,83 +4,23 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hpk_hook::proto::UnderlayStatus;
+use hpk_netd::underlay::auth::key::ClusterKey;
 use hpk_netd::underlay::handover::Server;
 use nix::sys::signal::Signal;
 use testkit::cluster::{flanneld_node, Cluster, Host, ETCD_PREFIX};
 use testkit::netd::Netd;
 use testkit::*;
 
-const VXLAN_PORT: u16 = 8472;
-
-/// A UDP socket on the host's address and the network's port, served on `dir/underlay.sock`
-/// as the bubble's launcher serves it.
-fn serve_host_socket(h: &Host) -> (Server, PathBuf) {
-    let addr = h.addr;
-    let socket =
-        h.ns.spawn(move || UdpSocket::bind((addr, VXLAN_PORT)).expect("bind the vxlan port"))
-            .join()
-            .unwrap();
-    let path = h.dir.join("underlay.sock");
-    let _ = std::fs::remove_file(&path);
-    let server = Server::spawn(UnixListener::bind(&path).unwrap(), socket).unwrap();
-    (server, path)
-}
-
-fn start_userspace(h: &mut Host, url: &str, socket: &std::path::Path) {
-    let socket = socket.to_str().unwrap();
-    h.start_netd(&Host::etcd_args(url, &["--underlay-socket", socket]));
-}
-
-/// `n` hosts, each hpk-netd on a host socket; the servers live as long as they are kept.
-fn userspace_cluster(n: usize) -> (Cluster, Vec<Server>) {
-    let mut cl = Cluster::new(n);
-    let url = cl.etcd.url.clone();
-    let servers = cl
-        .hosts
-        .iter_mut()
-        .map(|h| {
-            let (server, path) = serve_host_socket(h);
-            start_userspace(h, &url, &path);
-            server
-        })
-        .collect();
-    (cl, servers)
-}
-
-fn underlay(h: &Host) -> UnderlayStatus {
-    h.netd()
-        .status()
-        .underlay
-        .expect("the etcd agent reports its underlay")
-}
-
-fn counter(h: &Host, name: &str) -> u64 {
-    underlay(h).counters.get(name).copied().unwrap_or(0)
-}
-
-fn reach_each_other(cs: &[(testkit::runc::Container, Ipv4Addr)]) {
-    for (i, (c, _)) in cs.iter().enumerate() {
-        for (j, (_, addr)) in cs.iter().enumerate() {
-            if i != j {
-                wait_until(
-                    &format!("c{i} to reach c{j} at {addr}"),
-                    Duration::from_secs(10),
-                    || c.ping(&addr.to_string()),
-                );
-            }
-        }
-    }
-}
+mod support;
+use support::*;
 
 #[test]
 fn userspace_vteps_on_three_hosts_carry_tcp() {
-    let (cl, _servers) = userspace_cluster(3);
+    let (cl, _servers) = userspace_cluster(3, &[]);
     let cs = cl.containers(3);
     reach_each_other(&cs);
     tcp_stream(
@@ -136,8 +76,12 @@ fn userspace_vteps_on_three_hosts_carry_tcp() {
 #[test]
 fn kernel_vxlan_peers_and_a_flanneld_node_talk_to_a_userspace_vtep() {
     let mut cl = Cluster::new(3);
-    let (_server, path) = serve_host_socket(&cl.hosts[0]);
-    start_userspace(&mut cl.hosts[0], &cl.etcd.url, &path);
+    let (_server, path, _) = serve_host_socket(&cl.hosts[0]);
+    // The userspace VTEP has the cluster's key: kernel peers cannot seal, and stay plain.
+    let key = cl.hosts[0].dir.join("overlay.key");
+    ClusterKey::generate().unwrap().write(&key).unwrap();
+    let key_flag = ["--overlay-key", key.to_str().unwrap()];
+    start_userspace(&mut cl.hosts[0], &cl.etcd.url, &path, &key_flag);
     let etcd_url = cl.etcd.url.clone();
     cl.hosts[1].start_netd(&Host::etcd_args(&etcd_url, &[]));
     assert_eq!(underlay(&cl.hosts[1]).kind, "kernel");
@@ -184,6 +128,16 @@ fn kernel_vxlan_peers_and_a_flanneld_node_talk_to_a_userspace_vtep() {
         "pong"
     );
     assert_eq!(udp_exchange(&cs[0].0.netns(), cs[0].1, &pod.path()), "pong");
+    let status = cl.hosts[0].netd().status();
+    assert_eq!(status.peers.len(), 2, "{:?}", status.peers);
+    for p in &status.peers {
+        assert_eq!(
+            p.datagrams.as_deref(),
+            Some("plain: a kernel flannel VTEP (any port, no key)"),
+            "{p:?}"
+        );
+    }
+    assert_eq!(counter(&cl.hosts[0], "tx_sealed"), 0);
     // The partial checksums were really there (else this test proves nothing).
     assert!(
         counter(&cl.hosts[0], "rx_partial_checksum") > 0,
@@ -237,19 +191,9 @@ fn udp_exchange(server: &std::path::Path, addr: Ipv4Addr, client: &std::path::Pa
     answer
 }
 
-/// Sends `payload` to host `to`'s vxlan port from `from` (an address in namespace `ns`).
-fn send_datagram(ns: &Netns, from: Ipv4Addr, to: Ipv4Addr, payload: Vec<u8>) {
-    ns.spawn(move || {
-        let s = UdpSocket::bind((from, 0)).unwrap();
-        s.send_to(&payload, (to, VXLAN_PORT)).unwrap();
-    })
-    .join()
-    .unwrap();
-}
-
 #[test]
 fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
-    let (mut cl, mut servers) = userspace_cluster(3);
+    let (mut cl, mut servers) = userspace_cluster(3, &[]);
     let cs = cl.containers(3);
     reach_each_other(&cs);
 
@@ -262,19 +206,8 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
         d.extend_from_slice(&[0u8; 46]);
         d
     };
-    send_datagram(&h0.ns, h0.addr, h1.addr, frame(7));
-    send_datagram(
-        &h0.ns,
-        h0.addr,
-        h1.addr,
-        vec![0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2],
-    );
-    send_datagram(
-        &h0.ns,
-        h0.addr,
-        h1.addr,
-        b"garbage, not vxlan at all".to_vec(),
-    );
+    // From a member's address but not from its VTEP's port: another user of that host.
+    send_datagram(&h0.ns, h0.addr, h1.addr, frame(1));
     // The LAN's router is no peer of anyone.
     send_datagram(
         &cl.world.lan,
@@ -282,10 +215,20 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
         h1.addr,
         frame(1),
     );
+    // From the VTEP's own port, what is looked at next: the header.
+    let vtep0 = &servers[0].1;
+    for bad in [
+        frame(7),
+        vec![0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2],
+        b"garbage, not vxlan at all".to_vec(),
+    ] {
+        vtep0.send_to(&bad, (h1.addr, VXLAN_PORT)).unwrap();
+    }
     wait_until("every bad datagram counted", Duration::from_secs(5), || {
         counter(h1, "drop_wrong_vni") == 1
             && counter(h1, "drop_malformed") == 2
             && counter(h1, "drop_unknown_sender") == 1
+            && counter(h1, "drop_wrong_port") == 1
     });
     assert!(cs[0].0.ping(&cs[1].1.to_string()), "traffic goes on");
 
@@ -384,7 +327,7 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
 
 #[test]
 fn a_restarted_netd_fetches_the_socket_again() {
-    let (mut cl, _servers) = userspace_cluster(2);
+    let (mut cl, _servers) = userspace_cluster(2, &[]);
     let cs = cl.containers(2);
     reach_each_other(&cs);
     let lease_before = cl.etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/"));
@@ -395,7 +338,7 @@ fn a_restarted_netd_fetches_the_socket_again() {
         || !cl.hosts[1].ns.has_link("flannel.1"),
     );
     let path = cl.hosts[1].dir.join("underlay.sock");
-    start_userspace(&mut cl.hosts[1], &cl.etcd.url, &path);
+    start_userspace(&mut cl.hosts[1], &cl.etcd.url, &path, &[]);
     reach_each_other(&cs);
     assert_eq!(
         cl.etcd.get_prefix(&format!("{ETCD_PREFIX}/subnets/")),

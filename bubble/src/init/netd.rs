@@ -1,6 +1,8 @@
 //! hpk-netd in the bubble: its etcd agent leases the bubble's subnet; vxlan leaves on the
 //! host socket the launcher serves (or, kernel underlay, from the host's address as a /32
-//! on the uplink); the overlay MTU follows the host's link.
+//! on the uplink); the overlay MTU follows the host's link. On the host socket, datagrams
+//! between bubbles are sealed with the cluster's overlay key (beside the etcd PKI);
+//! `HPK_NETD_OVERLAY_ENCRYPT=true` in the job's environment encrypts them too.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,10 +51,18 @@ pub fn command(netd: &Path, net_daemon: &Path, plan: &Plan) -> Command {
             .arg(&t.key);
     }
     match plan.underlay {
-        UnderlayKind::HostSocket => cmd
-            .arg("--underlay-socket")
-            .arg(format!("{RUN_DIR}/{UNDERLAY_SOCKET}")),
-        UnderlayKind::Kernel => cmd.args(["--underlay", "kernel"]),
+        UnderlayKind::HostSocket => {
+            cmd.arg("--underlay-socket")
+                .arg(format!("{RUN_DIR}/{UNDERLAY_SOCKET}"));
+            // The key lives with the PKI: a plain-HTTP cluster (no PKI) has none.
+            if let Some(t) = &plan.etcd_client_tls {
+                cmd.arg("--overlay-key")
+                    .arg(t.ca.with_file_name(crate::pki::OVERLAY_KEY));
+            }
+        }
+        UnderlayKind::Kernel => {
+            cmd.args(["--underlay", "kernel"]);
+        }
     };
     cmd
 }

@@ -116,6 +116,13 @@ pub struct RunArgs {
     /// UNIX socket the launcher serves the host's UDP socket on (source etcd).
     #[arg(long, env = "HPK_NETD_UNDERLAY_SOCKET", value_name = "PATH")]
     underlay_socket: Option<String>,
+    /// The cluster's overlay key (hex, 0600): datagrams between hpk-netd VTEPs are sealed
+    /// with keys derived from it; unset: plain flannel vxlan (source etcd, host socket).
+    #[arg(long, env = "HPK_NETD_OVERLAY_KEY", value_name = "PATH")]
+    overlay_key: Option<String>,
+    /// Encrypt the overlay's frames too, not only authenticate them (needs --overlay-key).
+    #[arg(long, env = "HPK_NETD_OVERLAY_ENCRYPT", value_name = "BOOL")]
+    overlay_encrypt: Option<bool>,
     /// UNIX socket where the bubble's launcher binds published ports on the host; unset:
     /// hpk-netd binds them in its own network namespace.
     #[arg(long, env = "HPK_NETD_PORTS_SOCKET", value_name = "PATH")]
@@ -181,6 +188,8 @@ impl RunArgs {
         set!(subnet.etcd.underlay_mtu <- self.underlay_mtu);
         set!(subnet.etcd.underlay <- self.underlay);
         set!(subnet.etcd.underlay_socket <- self.underlay_socket);
+        set!(subnet.etcd.overlay_key <- self.overlay_key);
+        set!(subnet.etcd.overlay_encrypt <- self.overlay_encrypt);
         set!(ports_socket <- self.ports_socket);
         set!(names.enabled <- self.names);
         set!(names.domain <- self.names_domain);

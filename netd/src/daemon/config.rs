@@ -82,6 +82,10 @@ pub struct EtcdConfig {
     pub underlay: UnderlayKind,
     /// UNIX socket where the bubble's launcher serves the host's UDP socket.
     pub underlay_socket: String,
+    /// The cluster's overlay key: datagrams between hpk-netd VTEPs are sealed with it.
+    pub overlay_key: String,
+    /// Encrypt the frames as well as authenticate them.
+    pub overlay_encrypt: bool,
 }
 
 impl Default for EtcdConfig {
@@ -99,6 +103,8 @@ impl Default for EtcdConfig {
             underlay_mtu: 0,
             underlay: UnderlayKind::Auto,
             underlay_socket: String::new(),
+            overlay_key: String::new(),
+            overlay_encrypt: false,
         }
     }
 }
@@ -136,6 +142,18 @@ impl EtcdConfig {
             ),
             (_, path) => Some(PathBuf::from(path)),
         };
+        if self.overlay_encrypt && self.overlay_key.is_empty() {
+            bail!(
+                "subnet.etcd.overlay_encrypt needs overlay_key: the cluster's key file (a \
+                 bubble cluster's controller writes it as SHARED_DIR/pki/overlay.key)"
+            );
+        }
+        if !self.overlay_key.is_empty() && underlay_socket.is_none() {
+            bail!(
+                "subnet.etcd.overlay_key seals hpk-netd's own VTEP, which runs on the host \
+                 socket (underlay host-socket); flannel's kernel device cannot seal"
+            );
+        }
         Ok(crate::subnet::etcd::AgentConfig {
             endpoints: self.endpoints.clone(),
             prefix: self.prefix.clone(),
@@ -155,6 +173,8 @@ impl EtcdConfig {
             ip_masq: self.ip_masq,
             underlay_mtu: (self.underlay_mtu != 0).then_some(self.underlay_mtu),
             underlay_socket,
+            overlay_key: opt(&self.overlay_key),
+            overlay_encrypt: self.overlay_encrypt,
             subnet_file: subnet_file.to_path_buf(),
         })
     }

@@ -8,10 +8,11 @@ use hpk_hook::proto::{EndpointStatus, LeaseStatus, PeerStatus, Status, UnderlayS
 use super::Daemon;
 use crate::datapath::shortcut::ShortcutCounters;
 use crate::endpoint::store::Record;
-use crate::subnet::etcd::lease::format_mac;
+use crate::subnet::etcd::lease::{format_mac, Peer};
 use crate::subnet::etcd::vxlan::Vtep;
 use crate::subnet::etcd::SharedOverlay;
 use crate::sys::netlink::{LinkSummary, Netlink};
+use crate::underlay::auth::seal::Protection;
 
 /// Status of the whole bubble. Blocking (a netlink dump): not for the async workers.
 pub fn status(daemon: &Daemon) -> Status {
@@ -108,9 +109,23 @@ fn overlay(overlay: &SharedOverlay) -> (Option<LeaseStatus>, Vec<PeerStatus>) {
             public_ip: p.public_ip,
             vtep_mac: format_mac(p.vtep_mac),
             expires: o.peer_expiry.get(&p.subnet).copied(),
+            datagrams: datagrams(o.vtep.as_deref(), p),
         })
         .collect();
     (lease, peers)
+}
+
+/// How datagrams between our userspace VTEP and `peer` travel, and why when plain.
+fn datagrams(vtep: Option<&Vtep>, peer: &Peer) -> Option<String> {
+    let Some(Vtep::Userspace(_, u)) = vtep else {
+        return None;
+    };
+    Some(match (peer.hpk, u.protection) {
+        (Some(h), Some(_)) if h.sealed => "sealed".into(),
+        (Some(h), None) if h.sealed => "unreachable: it seals, this node has no overlay key".into(),
+        (Some(_), _) => "plain: an hpk-netd VTEP without the overlay key".into(),
+        (None, _) => "plain: a kernel flannel VTEP (any port, no key)".into(),
+    })
 }
 
 fn underlay(overlay: &SharedOverlay) -> Option<UnderlayStatus> {
@@ -121,12 +136,18 @@ fn underlay(overlay: &SharedOverlay) -> Option<UnderlayStatus> {
             device: dev.name.clone(),
             local: None,
             counters: BTreeMap::new(),
+            protection: None,
         },
         Vtep::Userspace(dev, u) => UnderlayStatus {
             kind: "host-socket".into(),
             device: dev.name.clone(),
             local: Some(u.local.to_string()),
             counters: u.counters.snapshot(),
+            protection: Some(match u.protection {
+                Some(Protection::Authenticate) => "authenticate".into(),
+                Some(Protection::Encrypt) => "encrypt".into(),
+                None => "plain".into(),
+            }),
         },
     })
 }

@@ -148,7 +148,7 @@ fn lease() {
         let subnet = "10.244.3.0/24".parse().unwrap();
         let parsed = lease::parse_lease(subnet, input);
         if let Ok(Parsed::Vxlan(peer)) = &parsed {
-            let value = lease::lease_value(peer.public_ip, 1, peer.vtep_mac);
+            let value = lease::lease_value(peer.public_ip, 1, peer.vtep_mac, peer.hpk);
             match lease::parse_lease(subnet, value.as_bytes()).unwrap() {
                 Parsed::Vxlan(again) => assert_eq!(again.vtep_mac, peer.vtep_mac),
                 other => panic!("our own lease reads as {other:?}"),

@@ -1,9 +1,10 @@
-//! The two threads of userspace vxlan: tap to socket (look up the VtepMAC, segment, one
-//! `sendmsg` with UDP GSO per batch) and socket to tap (`recvmmsg` with UDP GRO, check
-//! sender and VNI, join TCP segments, one tap write per joined frame).
+//! The two threads of userspace vxlan: tap to socket (look up the VtepMAC, segment, seal
+//! for a sealing peer, one `sendmsg` with UDP GSO per batch) and socket to tap (`recvmmsg`
+//! with UDP GRO, check sender, port and seal, then the VNI, join TCP segments, one tap
+//! write per joined frame).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use nix::sys::socket::{
 };
 use tracing::{error, info, warn};
 
+use super::auth::seal::{Opener, Protection, Refused, Sealer, OVERHEAD};
 use super::forwarding::{Counters, PeerTable};
 use super::gso::{segment, Coalescer, Unsendable, VnetHdr};
 use super::header;
@@ -41,6 +43,13 @@ pub struct Path {
     pub counters: Arc<Counters>,
     /// The tap's MTU: a longer frame from a peer goes in as a GSO frame.
     pub mtu: usize,
+}
+
+/// The cluster's key at work: the transmit thread seals, the receive thread opens.
+pub struct Sealing {
+    pub sealer: Sealer,
+    pub opener: Opener,
+    pub protection: Protection,
 }
 
 /// Sizes the socket's buffers and turns on UDP GRO; says what the kernel granted.
@@ -72,16 +81,20 @@ fn tune(socket: &UdpSocket) -> bool {
 
 /// Starts both directions. A thread that fails for good (the tap or the socket is gone)
 /// ends hpk-netd so that its supervisor starts it again.
-pub fn spawn(path: Path) -> io::Result<()> {
+pub fn spawn(path: Path, sealing: Option<Sealing>) -> io::Result<()> {
     let gso = tune(&path.socket);
     let path = Arc::new(path);
     let tx = path.clone();
+    let (mut sealer, mut opener) = match sealing {
+        Some(s) => (Some(s.sealer), Some(s.opener)),
+        None => (None, None),
+    };
     std::thread::Builder::new()
         .name("vxlan-tx".into())
-        .spawn(move || fatal("tap to socket", to_socket(&tx, gso)))?;
+        .spawn(move || fatal("tap to socket", to_socket(&tx, gso, sealer.as_mut())))?;
     std::thread::Builder::new()
         .name("vxlan-rx".into())
-        .spawn(move || fatal("socket to tap", to_tap(&path)))?;
+        .spawn(move || fatal("socket to tap", to_tap(&path, opener.as_mut())))?;
     Ok(())
 }
 
@@ -130,11 +143,12 @@ fn send(
     Ok(data.len().div_ceil(stride))
 }
 
-fn to_socket(p: &Path, gso: bool) -> io::Error {
+fn to_socket(p: &Path, gso: bool, mut sealer: Option<&mut Sealer>) -> io::Error {
     let c = &p.counters;
     let prefix = header::encode(p.vni);
     let mut buf = vec![0u8; VnetHdr::LEN + MAX_FRAME];
     let mut out = Vec::with_capacity(2 * MAX_FRAME);
+    let mut sealed = Vec::with_capacity(2 * MAX_FRAME);
     loop {
         let n = match p.tap.read_frame(&mut buf) {
             Ok(n) => n,
@@ -147,7 +161,7 @@ fn to_socket(p: &Path, gso: bool) -> io::Error {
         bump(&c.tx_frames, 1);
         let hdr = VnetHdr::parse(buf[..VnetHdr::LEN].try_into().expect("10 bytes"));
         let frame = &buf[VnetHdr::LEN..n];
-        let Some(dest) = p.peers.destination(&frame[..6]) else {
+        let Some((dest, seal)) = p.peers.destination(&frame[..6]) else {
             bump(&c.drop_no_peer, 1);
             continue;
         };
@@ -162,11 +176,25 @@ fn to_socket(p: &Path, gso: bool) -> io::Error {
                 continue;
             }
         };
+        let (wire, stride) = if seal {
+            let Some(sealer) = sealer.as_deref_mut() else {
+                bump(&c.drop_no_key, datagrams.count);
+                continue;
+            };
+            sealed.clear();
+            for d in out.chunks(datagrams.stride) {
+                sealer.seal(d, &mut sealed);
+            }
+            bump(&c.tx_sealed, datagrams.count);
+            (&sealed, datagrams.stride + OVERHEAD)
+        } else {
+            (&out, datagrams.stride)
+        };
         let to = SockaddrIn::from(SocketAddrV4::new(dest, p.port));
-        match send(&p.socket, &out, datagrams.stride, &to, gso) {
+        match send(&p.socket, wire, stride, &to, gso) {
             Ok(sent) => {
                 bump(&c.tx_datagrams, sent);
-                bump(&c.tx_bytes, out.len());
+                bump(&c.tx_bytes, wire.len());
             }
             // The host's network is busy or unreachable for a moment: TCP resends.
             Err(_) => bump(&c.drop_send_error, datagrams.count),
@@ -174,11 +202,12 @@ fn to_socket(p: &Path, gso: bool) -> io::Error {
     }
 }
 
-fn to_tap(p: &Path) -> io::Error {
+fn to_tap(p: &Path, mut opener: Option<&mut Opener>) -> io::Error {
     let c = &p.counters;
     let mut bufs = vec![vec![0u8; RX_BUF]; RX_BATCH];
     let mut coalescer = Coalescer::with_mtu(p.mtu);
-    let mut received: Vec<(usize, Option<Ipv4Addr>, usize, bool)> = Vec::with_capacity(RX_BATCH);
+    let mut received: Vec<(usize, Option<SocketAddrV4>, usize, bool)> =
+        Vec::with_capacity(RX_BATCH);
     let mut write_errors: Option<io::Error> = None;
     loop {
         received.clear();
@@ -213,11 +242,11 @@ fn to_tap(p: &Path) -> io::Error {
                     })
                     .unwrap_or(m.bytes);
                 let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
-                received.push((m.bytes, m.address.map(|a| a.ip()), seg, truncated));
+                received.push((m.bytes, m.address.map(SocketAddrV4::from), seg, truncated));
             }
         }
-        for (buf, (len, from, seg, truncated)) in bufs.iter().zip(&received) {
-            let data = &buf[..*len];
+        for (buf, (len, from, seg, truncated)) in bufs.iter_mut().zip(&received) {
+            let data = &mut buf[..*len];
             let count = data.len().div_ceil((*seg).max(1));
             bump(&c.rx_datagrams, count);
             bump(&c.rx_bytes, data.len());
@@ -225,11 +254,38 @@ fn to_tap(p: &Path) -> io::Error {
                 bump(&c.drop_malformed, count);
                 continue;
             }
-            if !from.is_some_and(|ip| p.peers.knows(ip)) {
+            let Some((from, sender)) = from.and_then(|a| Some((a, p.peers.sender(*a.ip())?)))
+            else {
                 bump(&c.drop_unknown_sender, count);
                 continue;
+            };
+            if sender.port.is_some_and(|port| port != from.port()) {
+                bump(&c.drop_wrong_port, count);
+                continue;
             }
-            for datagram in data.chunks((*seg).max(1)) {
+            for datagram in data.chunks_mut((*seg).max(1)) {
+                let datagram: &[u8] = if !sender.sealed {
+                    datagram
+                } else {
+                    let Some(opener) = opener.as_deref_mut() else {
+                        bump(&c.drop_no_key, 1);
+                        continue;
+                    };
+                    match opener.open(*from.ip(), datagram) {
+                        Ok(opened) => {
+                            bump(&c.rx_authenticated, 1);
+                            &datagram[opened]
+                        }
+                        Err(Refused::Replayed) => {
+                            bump(&c.drop_replayed, 1);
+                            continue;
+                        }
+                        Err(_) => {
+                            bump(&c.drop_unauthenticated, 1);
+                            continue;
+                        }
+                    }
+                };
                 match header::decode(datagram, p.vni) {
                     Ok(frame) => coalescer.push(frame, &mut |f| write(p, f, &mut write_errors)),
                     Err(header::Rejected::WrongVni(_)) => bump(&c.drop_wrong_vni, 1),

@@ -1,36 +1,51 @@
 //! What the userspace vxlan data path shares with the agent: where each VtepMAC lives
-//! (flannel's FDB entries, kept in userspace), which addresses may send to us, and
-//! counters for status.
+//! (flannel's FDB entries, kept in userspace), which addresses and ports may send to us
+//! and whether they seal, and counters for status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
+/// How a peer's datagrams must look, from its lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// An hpk-netd VTEP's port: its datagrams come from there and nowhere else. A kernel
+    /// flannel peer sends from any port (the kernel picks it per flow).
+    pub port: Option<u16>,
+    /// Whether its datagrams are sealed with the cluster's key (and ours to it are).
+    pub sealed: bool,
+}
+
 /// VtepMAC to the peer's public address; the agent writes, the data path reads.
 #[derive(Debug, Default)]
 pub struct PeerTable {
-    by_mac: RwLock<HashMap<[u8; 6], Ipv4Addr>>,
+    by_mac: RwLock<HashMap<[u8; 6], (Ipv4Addr, Sender)>>,
 }
 
 impl PeerTable {
-    pub fn insert(&self, mac: [u8; 6], public_ip: Ipv4Addr) {
-        self.by_mac.write().unwrap().insert(mac, public_ip);
+    pub fn insert(&self, mac: [u8; 6], public_ip: Ipv4Addr, sender: Sender) {
+        self.by_mac
+            .write()
+            .unwrap()
+            .insert(mac, (public_ip, sender));
     }
 
     pub fn remove(&self, mac: [u8; 6]) {
         self.by_mac.write().unwrap().remove(&mac);
     }
 
-    /// Where a frame for `mac` goes.
-    pub fn destination(&self, mac: &[u8]) -> Option<Ipv4Addr> {
+    /// Where a frame for `mac` goes, and whether it goes sealed.
+    pub fn destination(&self, mac: &[u8]) -> Option<(Ipv4Addr, bool)> {
         let mac: [u8; 6] = mac.try_into().ok()?;
-        self.by_mac.read().unwrap().get(&mac).copied()
+        let by_mac = self.by_mac.read().unwrap();
+        by_mac.get(&mac).map(|(ip, s)| (*ip, s.sealed))
     }
 
-    /// Whether `addr` is a peer's public address (one we may receive from).
-    pub fn knows(&self, addr: Ipv4Addr) -> bool {
-        self.by_mac.read().unwrap().values().any(|a| *a == addr)
+    /// What we take from `addr`, if it is a peer's public address.
+    pub fn sender(&self, addr: Ipv4Addr) -> Option<Sender> {
+        let by_mac = self.by_mac.read().unwrap();
+        by_mac.values().find(|(a, _)| *a == addr).map(|(_, s)| *s)
     }
 }
 
@@ -51,6 +66,17 @@ pub struct Counters {
     pub drop_unsendable: AtomicU64,
     pub drop_send_error: AtomicU64,
     pub drop_unknown_sender: AtomicU64,
+    /// From a peer's address but not from its VTEP port: another user of that host.
+    pub drop_wrong_port: AtomicU64,
+    /// Datagrams sealed with the cluster's key, sent and authenticated.
+    pub tx_sealed: AtomicU64,
+    pub rx_authenticated: AtomicU64,
+    /// From a sealing peer but not sealed, or not by the cluster's key.
+    pub drop_unauthenticated: AtomicU64,
+    /// Authentic but seen before (or from the sender's older start).
+    pub drop_replayed: AtomicU64,
+    /// A peer seals but this node has no overlay key.
+    pub drop_no_key: AtomicU64,
     pub drop_wrong_vni: AtomicU64,
     pub drop_malformed: AtomicU64,
     pub drop_tap_write: AtomicU64,
@@ -76,6 +102,12 @@ impl Counters {
             ("drop_unsendable", c(&self.drop_unsendable)),
             ("drop_send_error", c(&self.drop_send_error)),
             ("drop_unknown_sender", c(&self.drop_unknown_sender)),
+            ("drop_wrong_port", c(&self.drop_wrong_port)),
+            ("tx_sealed", c(&self.tx_sealed)),
+            ("rx_authenticated", c(&self.rx_authenticated)),
+            ("drop_unauthenticated", c(&self.drop_unauthenticated)),
+            ("drop_replayed", c(&self.drop_replayed)),
+            ("drop_no_key", c(&self.drop_no_key)),
             ("drop_wrong_vni", c(&self.drop_wrong_vni)),
             ("drop_malformed", c(&self.drop_malformed)),
             ("drop_tap_write", c(&self.drop_tap_write)),

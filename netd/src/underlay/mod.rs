@@ -6,7 +6,8 @@
 //! ([`handover`]); hpk-netd then is the VTEP itself: a tap named like flannel's device
 //! ([`device`]), the FDB in userspace ([`forwarding`]), and two threads moving 64 KiB at
 //! a time ([`datapath`], [`gso`]). On the wire it is flannel's vxlan ([`header`]): kernel
-//! and userspace peers talk to each other.
+//! and userspace peers talk to each other. Between hpk-netd VTEPs datagrams are sealed
+//! with the cluster's key ([`auth`]): other users of a node cannot write into the overlay.
 
 pub mod auth;
 pub mod checksum;
@@ -31,16 +32,19 @@ pub struct Userspace {
     pub counters: Arc<Counters>,
     /// Where the socket is bound on the host.
     pub local: SocketAddrV4,
+    /// How datagrams to hpk-netd peers are sealed; `None`: plain.
+    pub protection: Option<auth::seal::Protection>,
 }
 
-/// Starts the VTEP on tap `name` with `mac` and `mtu`: returns it and the tap's index.
+/// Starts the VTEP on tap `name` with `mac` and `mtu`, sealing with `sealing` when
+/// given: returns it and the tap's index.
 pub fn start(
     name: &str,
     mac: [u8; 6],
     mtu: u32,
     socket: UdpSocket,
-    vni: u32,
-    port: u16,
+    (vni, port): (u32, u16),
+    sealing: Option<datapath::Sealing>,
 ) -> Result<(Userspace, u32)> {
     let local = handover::local_addr(&socket)?;
     let (tap, index) = device::create(name, mac, mtu)?;
@@ -48,15 +52,19 @@ pub fn start(
         peers: Arc::default(),
         counters: Arc::default(),
         local,
+        protection: sealing.as_ref().map(|s| s.protection),
     };
-    datapath::spawn(datapath::Path {
-        tap,
-        socket,
-        vni,
-        port,
-        peers: vtep.peers.clone(),
-        counters: vtep.counters.clone(),
-        mtu: mtu as usize,
-    })?;
+    datapath::spawn(
+        datapath::Path {
+            tap,
+            socket,
+            vni,
+            port,
+            peers: vtep.peers.clone(),
+            counters: vtep.counters.clone(),
+            mtu: mtu as usize,
+        },
+        sealing,
+    )?;
     Ok((vtep, index))
 }

@@ -59,6 +59,18 @@ pub struct VxlanData {
     pub vni: u32,
     #[serde(rename = "VtepMAC")]
     pub vtep_mac: String,
+    #[serde(rename = "HpkVtep", default, skip_serializing_if = "Option::is_none")]
+    pub hpk: Option<HpkVtep>,
+}
+
+/// What an hpk-netd VTEP adds to flannel's vxlan `BackendData` (flanneld reads only the
+/// fields it knows): the port it sends from, and whether its datagrams are sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HpkVtep {
+    #[serde(rename = "Port")]
+    pub port: u16,
+    #[serde(rename = "Sealed")]
+    pub sealed: bool,
 }
 
 pub fn format_mac(mac: [u8; 6]) -> String {
@@ -74,8 +86,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// Our lease value, exactly as flanneld would write it.
-pub fn lease_value(public_ip: Ipv4Addr, vni: u32, mac: [u8; 6]) -> String {
+/// Our lease value, exactly as flanneld would write it (and, from our own VTEP, `hpk`).
+pub fn lease_value(public_ip: Ipv4Addr, vni: u32, mac: [u8; 6], hpk: Option<HpkVtep>) -> String {
     let attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
@@ -83,6 +95,7 @@ pub fn lease_value(public_ip: Ipv4Addr, vni: u32, mac: [u8; 6]) -> String {
         backend_data: serde_json::to_value(VxlanData {
             vni,
             vtep_mac: format_mac(mac),
+            hpk,
         })
         .expect("serializes"),
     };
@@ -95,6 +108,8 @@ pub struct Peer {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: [u8; 6],
+    /// Set when the peer is an hpk-netd VTEP.
+    pub hpk: Option<HpkVtep>,
 }
 
 /// What a value under `subnets/` turned out to be.
@@ -121,6 +136,7 @@ pub fn parse_lease(subnet: Ipv4Net, value: &[u8]) -> Result<Parsed> {
         subnet,
         public_ip: attrs.public_ip,
         vtep_mac,
+        hpk: data.hpk,
     }))
 }
 
@@ -161,6 +177,7 @@ mod tests {
             Ipv4Addr::new(192, 0, 2, 11),
             1,
             [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44],
+            None,
         );
         assert_eq!(
             v,
@@ -169,6 +186,32 @@ mod tests {
         let s: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         match parse_lease(s, v.as_bytes()).unwrap() {
             Parsed::Vxlan(p) => assert_eq!(p.vtep_mac, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// flanneld's Go struct takes VNI and VtepMAC and skips the rest; we read ours back.
+    #[test]
+    fn an_hpk_vtep_says_so_after_flannels_fields() {
+        let hpk = HpkVtep {
+            port: 8472,
+            sealed: true,
+        };
+        let v = lease_value(
+            Ipv4Addr::new(192, 0, 2, 11),
+            1,
+            [2, 0, 0, 0, 0, 1],
+            Some(hpk),
+        );
+        assert!(
+            v.contains(r#""HpkVtep":{"Port":8472,"Sealed":true}"#)
+                && v.contains(r#""VNI":1"#)
+                && v.contains(r#""VtepMAC":"02:00:00:00:00:01""#),
+            "{v}"
+        );
+        let s: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        match parse_lease(s, v.as_bytes()).unwrap() {
+            Parsed::Vxlan(p) => assert_eq!(p.hpk, Some(hpk)),
             other => panic!("{other:?}"),
         }
     }

@@ -35,6 +35,8 @@ use crate::sys::firewall::Firewall;
 use crate::sys::fs::write_atomically;
 use crate::sys::netlink::Netlink;
 use crate::underlay;
+use crate::underlay::auth::key::ClusterKey;
+use crate::underlay::auth::seal::{Opener, Protection, Sealer, OVERHEAD as SEAL_OVERHEAD};
 
 /// How the agent reaches etcd and presents this node.
 #[derive(Clone, Debug)]
@@ -57,6 +59,11 @@ pub struct AgentConfig {
     /// Where the launcher serves a UDP socket of the host's network: the VTEP is then
     /// hpk-netd itself on that socket. `None`: flannel's kernel vxlan device.
     pub underlay_socket: Option<PathBuf>,
+    /// The cluster's key: our VTEP seals its datagrams to hpk-netd peers and takes only
+    /// sealed ones from them.
+    pub overlay_key: Option<PathBuf>,
+    /// Encrypt as well as authenticate.
+    pub overlay_encrypt: bool,
     /// Where subnet.env is written.
     pub subnet_file: PathBuf,
 }
@@ -355,13 +362,20 @@ impl EtcdSource {
         };
         let cfg = self.cfg.clone();
         let up = tokio::task::spawn_blocking(move || uplink(&cfg).ok()).await?;
-        let mtu =
-            net_mtu.unwrap_or(underlay_mtu(self.cfg.underlay_mtu, up.as_ref()) - VXLAN_OVERHEAD);
+        let sealing = self.sealing(public_ip)?;
+        let overhead = if sealing.is_some() {
+            SEAL_OVERHEAD as u32
+        } else {
+            0
+        };
+        let mtu = net_mtu
+            .unwrap_or(underlay_mtu(self.cfg.underlay_mtu, up.as_ref()) - VXLAN_OVERHEAD)
+            - overhead;
         let name = format!("flannel.{vni}");
         let mac = underlay::device::vtep_mac(public_ip);
         let dev_name = name.clone();
         let (vtep, index) = tokio::task::spawn_blocking(move || {
-            underlay::start(&dev_name, mac, mtu, socket, vni, port)
+            underlay::start(&dev_name, mac, mtu, socket, (vni, port), sealing)
         })
         .await??;
         let device = Device {
@@ -372,6 +386,34 @@ impl EtcdSource {
         };
         info!(device = device.name, local = %local, "underlay: userspace vxlan on the host socket");
         Ok((Arc::new(Vtep::Userspace(device, vtep)), public_ip))
+    }
+
+    /// The sealer and opener of our VTEP, when the cluster has a key.
+    fn sealing(&self, public_ip: Ipv4Addr) -> Result<Option<underlay::datapath::Sealing>> {
+        let Some(path) = &self.cfg.overlay_key else {
+            warn!(
+                "no overlay key: the overlay is plain flannel vxlan, and any user of a \
+                 node can send frames into it (set --overlay-key)"
+            );
+            return Ok(None);
+        };
+        let key = ClusterKey::load(path)?;
+        let protection = if self.cfg.overlay_encrypt {
+            Protection::Encrypt
+        } else {
+            Protection::Authenticate
+        };
+        let session_file = self.cfg.subnet_file.with_file_name("vtep.session");
+        let session = underlay::auth::next_session(&session_file);
+        info!(
+            ?protection,
+            session, "overlay: datagrams to hpk-netd peers are sealed"
+        );
+        Ok(Some(underlay::datapath::Sealing {
+            sealer: Sealer::new(&key, public_ip, session, protection),
+            opener: Opener::new(key),
+            protection,
+        }))
     }
 
     /// Connects, leases a subnet, builds the vxlan device and routes, writes subnet.env,
@@ -388,7 +430,7 @@ impl EtcdSource {
         };
         let device = vtep.device().clone();
         self.overlay.lock().unwrap().vtep = Some(vtep.clone());
-        registry.set_own_value(lease_value(public_ip, net.vni, device.mac));
+        registry.set_own_value(lease_value(public_ip, net.vni, device.mac, vtep.hpk()));
         let mut leases = LeaseManager::new(
             registry,
             net.clone(),

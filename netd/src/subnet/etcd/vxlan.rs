@@ -19,8 +19,9 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use tracing::{info, warn};
 
-use super::lease::{format_mac, Peer};
+use super::lease::{format_mac, HpkVtep, Peer};
 use crate::sys::netlink::{LinkChange, Netlink};
+use crate::underlay::forwarding::Sender;
 use crate::underlay::Userspace;
 
 /// vxlan header overhead flannel subtracts from the uplink MTU.
@@ -213,12 +214,27 @@ impl Vtep {
         }
     }
 
+    /// What our lease says about us beyond flannel's fields.
+    pub fn hpk(&self) -> Option<HpkVtep> {
+        match self {
+            Vtep::Kernel(_) => None,
+            Vtep::Userspace(_, u) => Some(HpkVtep {
+                port: u.local.port(),
+                sealed: u.protection.is_some(),
+            }),
+        }
+    }
+
     /// Routes `peer`'s subnet through the overlay (replacing what was there).
     pub fn add_peer(&self, peer: &Peer) -> Result<()> {
         match self {
             Vtep::Kernel(dev) => route_peer(dev, peer, true),
             Vtep::Userspace(dev, u) => {
-                u.peers.insert(peer.vtep_mac, peer.public_ip);
+                let sender = Sender {
+                    port: peer.hpk.map(|h| h.port),
+                    sealed: peer.hpk.is_some_and(|h| h.sealed),
+                };
+                u.peers.insert(peer.vtep_mac, peer.public_ip, sender);
                 route_peer(dev, peer, false)
             }
         }
