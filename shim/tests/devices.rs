@@ -404,3 +404,88 @@ fn cdi_devices_in_a_rootless_bubble() {
         "container directories left"
     );
 }
+
+fn standin(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Apptainer's `oci` bundles get the same edits (a stand-in for `apptainer oci`, backed by
+/// runc, as in standins.rs); SingularityCE gets the CDI names and directories, and refuses
+/// what its `--oci` mode cannot take. Neither program can be installed here.
+#[test]
+fn apptainer_bundles_get_the_edits_and_singularity_the_cdi_names() {
+    let env = Env::new("10.244.65.1/24");
+    let d = env.dir.display();
+    let cdi = write_specs(&env.dir);
+    let c = cdi.to_str().unwrap();
+    let apptainer = env.dir.join("standin/apptainer");
+    standin(
+        &apptainer,
+        &format!(
+            r#"#!/bin/sh
+case "$1 $2" in
+"oci mount")
+    runc spec --bundle "$4"
+    jq --arg r {rootfs} '.root={{path:$r,readonly:true}} | .process.terminal=false' \
+        "$4/config.json" > "$4/c.json" && mv "$4/c.json" "$4/config.json" ;;
+"oci run")
+    exec env -i /usr/sbin/runc --root {d}/apptainer-runc run -b "$4" "$5" ;;
+esac
+"#,
+            rootfs = env.rootfs()
+        ),
+    );
+    let image = "docker://docker.io/chazapis/hpktainer-base:latest";
+    let mut args = device_args(c, apptainer.to_str().unwrap());
+    args.extend(["--name", "app1", image, "sh", "-c", SCRIPT]);
+    assert_edits_applied(&env.ok(&args));
+    let _ = Command::new("/usr/sbin/runc")
+        .arg("--root")
+        .arg(env.dir.join("apptainer-runc"))
+        .args(["delete", "--force", "app1"])
+        .stderr(Stdio::null())
+        .status();
+
+    let singularity = env.dir.join("standin/singularity");
+    standin(
+        &singularity,
+        &format!("#!/bin/sh\necho \"$*\" > {d}/singularity.args\n"),
+    );
+    let s = singularity.to_str().unwrap();
+    env.ok(&[
+        "run",
+        "--runtime",
+        s,
+        "--cdi-spec-dir",
+        c,
+        "--device",
+        "example.test/dev=a",
+        image,
+        "true",
+    ]);
+    let seen = std::fs::read_to_string(env.dir.join("singularity.args")).unwrap();
+    let ours = env.root.join("generated/cdi");
+    assert!(
+        seen.contains(&format!(
+            "--device hpktainer.io/net=net --device example.test/dev=a --cdi-dirs {},{c} ",
+            ours.display()
+        )),
+        "{seen}"
+    );
+    refused(
+        &env,
+        &[
+            "run",
+            "--runtime",
+            s,
+            "--device",
+            "/dev/null",
+            image,
+            "true",
+        ],
+        &["not passed to SingularityCE"],
+    );
+}
