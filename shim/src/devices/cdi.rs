@@ -178,12 +178,12 @@ pub const HOOK_NAMES: [&str; 6] = [
 
 /// `VENDOR/CLASS=NAME` split into kind and name, checked as CDI names them.
 pub fn parse_name(text: &str) -> Result<(String, String)> {
-    let bad = || {
+    let (kind, name) = text.split_once('=').ok_or_else(|| {
         anyhow!("{text:?} is not a CDI device name: expected VENDOR/CLASS=NAME (e.g. nvidia.com/gpu=0, or =all)")
-    };
-    let (kind, name) = text.split_once('=').ok_or_else(bad)?;
-    check_kind(kind).map_err(|e| bad().context(e))?;
-    check_device_name(name).map_err(|e| bad().context(e))?;
+    })?;
+    check_kind(kind)
+        .and_then(|()| check_device_name(name))
+        .map_err(|e| anyhow!("{text:?} is not a CDI device name: {e}"))?;
     Ok((kind.to_string(), name.to_string()))
 }
 

@@ -106,7 +106,7 @@ pub fn parse(arg: &str) -> Result<PosixRlimit> {
         getrlimit(*resource).map_err(|e| anyhow!("cannot read the {name} limit: {e}"))?;
     if hard > own_hard {
         bail!(
-            "--ulimit {arg}: above your own hard limit for {name} ({}, `ulimit -H` shows it): \
+            "--ulimit {arg}: above your own hard limit for {name} ({}; `ulimit -H -a` shows it, sizes in KiB): \
              a container cannot get more than its user has; ask the site to raise it \
              (limits.conf, or the job's limits: Slurm's PropagateResourceLimits)",
             show(own_hard)
