@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use super::cdi::Registry;
+use super::registry::Registry;
 
 pub const KIND: &str = "nvidia.com/gpu";
 

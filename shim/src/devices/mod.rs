@@ -7,6 +7,7 @@
 pub mod cdi;
 pub mod edits;
 pub mod gpus;
+pub mod registry;
 pub mod ulimit;
 
 use std::path::{Path, PathBuf};
@@ -89,7 +90,7 @@ pub fn resolve(opts: &RunOpts, rootless: bool) -> Result<Resolved> {
     if names.is_empty() && gpus.is_none() {
         return Ok(out);
     }
-    let reg = cdi::Registry::load(&out.cdi_dirs)?;
+    let reg = registry::Registry::load(&out.cdi_dirs)?;
     if let Some(which) = gpus {
         names.extend(gpus::names(which, &reg, |n| std::env::var(n).ok())?);
     }
