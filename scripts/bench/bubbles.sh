@@ -3,7 +3,9 @@
 # ready, and container to container across bubbles (iperf3 TCP throughput, ping RTT, CPU
 # seconds per GB moved, UDP receive-buffer drops on the receiving host) for each underlay:
 # flannel's kernel vxlan forwarded by slirp4netns or by pasta, and hpk-netd's userspace
-# vxlan on a host socket; next to host to host on the same LAN in the same run.
+# vxlan on a host socket, plain (a plain-HTTP cluster has no overlay key), authenticated
+# (the default) and encrypted (HPK_NETD_OVERLAY_ENCRYPT=true); next to host to host on the
+# same LAN in the same run. BENCH_MODES picks rows: UPLINK/UNDERLAY[/plain|/encrypt].
 # Runs the simulated Slurm of scripts/sim-slurm.sh; needs root and binaries.
 set -euo pipefail
 
@@ -66,18 +68,25 @@ h2h=$(echo "$h2h_json" | bps)
 h2h_rtt=$(nsenter --net="/run/netns/hpksim-h1" ping -c 20 -i 0.05 192.0.2.13 | rtt)
 row "host to host (LAN, veth)" "$h2h" "1" "$h2h_rtt" "$(per_gb "$cpu0" "$cpu1" "$(echo "$h2h_json" | received)")" "-" "-"
 
-for mode in ${BENCH_MODES:-slirp4netns/kernel pasta/kernel pasta/host-socket}; do
-    uplink=${mode%/*} underlay=${mode#*/}
+for mode in ${BENCH_MODES:-slirp4netns/kernel pasta/kernel pasta/host-socket/plain pasta/host-socket pasta/host-socket/encrypt}; do
+    IFS=/ read -r uplink underlay seal <<<"$mode"
+    case "${seal:-}" in
+        plain) settings=(HPK_ETCD_PLAIN_HTTP=true) protection=plain ;;
+        encrypt) settings=(HPK_NETD_OVERLAY_ENCRYPT=true) protection=encrypt ;;
+        *) settings=() protection=authenticate ;;
+    esac
+    [ "$underlay" = host-socket ] || protection=""
+    name=$uplink-$underlay${seal:+-$seal}
     start=$(date +%s%N)
-    job=$(in_login runuser -u "$user" -- env HPK_UPLINK="$uplink" HPK_UNDERLAY="$underlay" sbatch --parsable --nodes=3 \
-        --chdir="$dir/job" --output="$dir/job/$uplink-$underlay.out" "$root/scripts/hpk.slurm")
+    job=$(in_login runuser -u "$user" -- env HPK_UPLINK="$uplink" HPK_UNDERLAY="$underlay" "${settings[@]}" \
+        sbatch --parsable --nodes=3 --chdir="$dir/job" --output="$dir/job/$name.out" "$root/scripts/hpk.slurm")
     shared=$dir/job/hpk-$job
     for _ in $(seq 600); do
-        grep -q "cluster ready" "$dir/job/$uplink-$underlay.out" 2>/dev/null && break
+        grep -q "cluster ready" "$dir/job/$name.out" 2>/dev/null && break
         [ -n "$(in_login squeue -h -j "$job")" ] || break
         sleep 0.02
     done
-    grep -q "cluster ready" "$dir/job/$uplink-$underlay.out" || { cat "$dir/job/$uplink-$underlay.out" >&2; exit 1; }
+    grep -q "cluster ready" "$dir/job/$name.out" || { cat "$dir/job/$name.out" >&2; exit 1; }
     ready=$(( ($(date +%s%N) - start) / 1000000 ))
     enter 3 hpktainer run -d --name srv "$rootfs" iperf3 -s >/dev/null
     addr=$(enter 3 hpktainer ps --json | jq -r '.[] | select(.name == "srv") | .address')
@@ -92,15 +101,18 @@ for mode in ${BENCH_MODES:-slirp4netns/kernel pasta/kernel pasta/host-socket}; d
     gbps=$(echo "$json" | bps) || { echo "$out" >&2; exit 1; }
     lat=$(echo "$out" | rtt)
     # (CPU includes the 0.5 s start and the pings: a small overestimate for all rows.)
-    row "container to container, $uplink, $underlay" "$gbps" "$(ratio "$gbps" "$h2h")" "$lat" \
+    row "container to container, $uplink, $underlay${protection:+, $protection}" "$gbps" "$(ratio "$gbps" "$h2h")" "$lat" \
         "$(per_gb "$cpu0" "$cpu1" "$(echo "$json" | received)")" "$drops" "$ready"
     # Sanity: the bytes crossed the overlay (bubble 3's flannel.1), not another path, and
     # on the underlay asked for.
     moved=$(echo "$json" | received)
     [ $((after - before)) -ge $((moved / 2)) ] ||
         echo "WARNING: flannel.1 in bubble 3 received $((after - before)) bytes, iperf3 reported $moved" >&2
-    kind=$(enter 3 hpk-netd status --json | jq -r '.underlay.kind')
+    status=$(enter 3 hpk-netd status --json)
+    kind=$(echo "$status" | jq -r '.underlay.kind')
     [ "$kind" = "$underlay" ] || echo "WARNING: bubble 3 runs the $kind underlay, not $underlay" >&2
+    got=$(echo "$status" | jq -r '.underlay.protection // ""')
+    [ "$got" = "$protection" ] || echo "WARNING: bubble 3's overlay is ${got:-unsealed}, not ${protection:-unsealed}" >&2
     in_login scancel "$job"
     for _ in $(seq 300); do [ -z "$(in_login squeue -h -j "$job")" ] && ! pgrep -u "$user" -f hpk-bubble >/dev/null && break; sleep 0.05; done
     job=""
