@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hpk_netd::underlay::auth::key::ClusterKey;
-use hpk_netd::underlay::auth::seal::{Protection, Sealer};
+use hpk_netd::underlay::auth::keys::Keys;
+use hpk_netd::underlay::auth::seal::{Opener, Protection, Sealer};
 use testkit::cluster::{Cluster, Host};
 use testkit::netd::Netd;
 use testkit::rootless::setpriv_args;
@@ -326,4 +327,58 @@ fn overlay_keys_that_cannot_be_used_are_refused_with_the_way_out() {
         );
         assert!(!h.ns.has_link("flannel.1"), "{extra:?} left flannel.1");
     }
+}
+
+#[test]
+fn a_rotated_key_is_taken_up_without_losing_a_ping() {
+    let key = std::env::temp_dir().join(format!("hpk-overlay-{}-rotated.key", std::process::id()));
+    let old = ClusterKey::generate().unwrap();
+    old.write(&key).unwrap();
+    let (cl, _servers) = userspace_cluster(2, &["--overlay-key", key.to_str().unwrap()]);
+    let cs = cl.containers(2);
+    reach_each_other(&cs);
+    let (h0, h1) = (&cl.hosts[0], &cl.hosts[1]);
+
+    // Pings every 50 ms across the change: the controller writes a new key.
+    let target = cs[1].1.to_string();
+    let ns = cs[0].0.netns();
+    let pings = std::thread::spawn(move || {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["ping", "-q", "-c", "160", "-i", "0.05", "-W", "2", &target])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let new = ClusterKey::generate().unwrap();
+    new.write(&key).unwrap();
+    wait_until(
+        "both hosts to load the new key",
+        Duration::from_secs(10),
+        || h0.log_says("the overlay key changed") && h1.log_says("the overlay key changed"),
+    );
+    let out = pings.join().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(summary.contains(" 0% packet loss"), "{summary}");
+
+    // What h0 sends now is sealed with the new key only.
+    wait_until(
+        "h0 to seal with the new key",
+        Duration::from_secs(10),
+        || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let cap = capture(&h1.ns, h0.addr, stop.clone());
+            let _ = cs[0].0.ping(&cs[1].1.to_string());
+            stop.store(true, Ordering::Relaxed);
+            let captured = cap.join().unwrap();
+            let opens = |k: &ClusterKey| {
+                let mut o = Opener::new(Keys::new(k.clone()));
+                captured
+                    .iter()
+                    .all(|d| o.open(h0.addr, &mut d.clone()).is_ok())
+            };
+            !captured.is_empty() && opens(&new) && !opens(&old)
+        },
+    );
+    std::fs::remove_file(&key).unwrap();
 }

@@ -372,7 +372,7 @@ fn sealed_datagrams() {
     let key = ClusterKey::from_bytes([7; 32]);
     let peer = std::net::Ipv4Addr::new(192, 0, 2, 11);
     run("sealed_datagram", Shape::Bytes, |input| {
-        let mut opener = Opener::new(key.clone());
+        let mut opener = Opener::new(crate::underlay::auth::keys::Keys::new(key.clone()));
         let mut forged = input.to_vec();
         assert!(
             opener.open(peer, &mut forged).is_err(),

@@ -4,10 +4,12 @@
 //! write per joined frame).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -15,6 +17,8 @@ use nix::sys::socket::{
 };
 use tracing::{error, info, warn};
 
+use super::auth::keys::Keys;
+use super::auth::next_session;
 use super::auth::seal::{Opener, Protection, Refused, Sealer, OVERHEAD};
 use super::forwarding::{Counters, PeerTable};
 use super::gso::{segment, Coalescer, Unsendable, VnetHdr};
@@ -47,9 +51,60 @@ pub struct Path {
 
 /// The cluster's key at work: the transmit thread seals, the receive thread opens.
 pub struct Sealing {
-    pub sealer: Sealer,
-    pub opener: Opener,
+    pub keys: Arc<Keys>,
     pub protection: Protection,
+    /// Our public address: part of every key we seal with.
+    pub own: Ipv4Addr,
+    /// Where the last session number is remembered (see [`next_session`]).
+    pub session_file: PathBuf,
+}
+
+/// How long a new cluster key is only opened before we seal with it: every peer notices
+/// the file change within a second (keys::watch), so none is sent what it cannot open yet.
+const ROTATION_GRACE: Duration = Duration::from_secs(3);
+
+/// The transmit thread's sealer, made anew (new session) when the cluster's key changes.
+struct Sending {
+    sealing: Sealing,
+    generation: u64,
+    sealer: Sealer,
+    /// A newer key's generation, and when we noticed it.
+    pending: Option<(u64, Instant)>,
+}
+
+impl Sending {
+    fn new(sealing: Sealing) -> Sending {
+        let generation = sealing.keys.generation();
+        let sealer = Self::sealer(&sealing);
+        Sending {
+            sealing,
+            generation,
+            sealer,
+            pending: None,
+        }
+    }
+
+    fn sealer(s: &Sealing) -> Sealer {
+        let session = next_session(&s.session_file);
+        Sealer::new(&s.keys.current(), s.own, session, s.protection)
+    }
+
+    fn current(&mut self) -> &mut Sealer {
+        let generation = self.sealing.keys.generation();
+        if generation != self.generation {
+            match self.pending {
+                Some((g, since)) if g == generation => {
+                    if since.elapsed() >= ROTATION_GRACE {
+                        self.sealer = Self::sealer(&self.sealing);
+                        self.generation = generation;
+                        self.pending = None;
+                    }
+                }
+                _ => self.pending = Some((generation, Instant::now())),
+            }
+        }
+        &mut self.sealer
+    }
 }
 
 /// Sizes the socket's buffers and turns on UDP GRO; says what the kernel granted.
@@ -85,13 +140,11 @@ pub fn spawn(path: Path, sealing: Option<Sealing>) -> io::Result<()> {
     let gso = tune(&path.socket);
     let path = Arc::new(path);
     let tx = path.clone();
-    let (mut sealer, mut opener) = match sealing {
-        Some(s) => (Some(s.sealer), Some(s.opener)),
-        None => (None, None),
-    };
+    let mut opener = sealing.as_ref().map(|s| Opener::new(s.keys.clone()));
+    let mut sending = sealing.map(Sending::new);
     std::thread::Builder::new()
         .name("vxlan-tx".into())
-        .spawn(move || fatal("tap to socket", to_socket(&tx, gso, sealer.as_mut())))?;
+        .spawn(move || fatal("tap to socket", to_socket(&tx, gso, sending.as_mut())))?;
     std::thread::Builder::new()
         .name("vxlan-rx".into())
         .spawn(move || fatal("socket to tap", to_tap(&path, opener.as_mut())))?;
@@ -143,7 +196,7 @@ fn send(
     Ok(data.len().div_ceil(stride))
 }
 
-fn to_socket(p: &Path, gso: bool, mut sealer: Option<&mut Sealer>) -> io::Error {
+fn to_socket(p: &Path, gso: bool, mut sending: Option<&mut Sending>) -> io::Error {
     let c = &p.counters;
     let prefix = header::encode(p.vni);
     let mut buf = vec![0u8; VnetHdr::LEN + MAX_FRAME];
@@ -177,7 +230,7 @@ fn to_socket(p: &Path, gso: bool, mut sealer: Option<&mut Sealer>) -> io::Error 
             }
         };
         let (wire, stride) = if seal {
-            let Some(sealer) = sealer.as_deref_mut() else {
+            let Some(sealer) = sending.as_deref_mut().map(Sending::current) else {
                 bump(&c.drop_no_key, datagrams.count);
                 continue;
             };

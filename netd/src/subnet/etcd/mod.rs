@@ -36,7 +36,8 @@ use crate::sys::fs::write_atomically;
 use crate::sys::netlink::Netlink;
 use crate::underlay;
 use crate::underlay::auth::key::ClusterKey;
-use crate::underlay::auth::seal::{Opener, Protection, Sealer, OVERHEAD as SEAL_OVERHEAD};
+use crate::underlay::auth::keys::Keys;
+use crate::underlay::auth::seal::{Protection, OVERHEAD as SEAL_OVERHEAD};
 
 /// How the agent reaches etcd and presents this node.
 #[derive(Clone, Debug)]
@@ -397,22 +398,23 @@ impl EtcdSource {
             );
             return Ok(None);
         };
-        let key = ClusterKey::load(path)?;
+        let keys = Keys::new(ClusterKey::load(path)?);
         let protection = if self.cfg.overlay_encrypt {
             Protection::Encrypt
         } else {
             Protection::Authenticate
         };
-        let session_file = self.cfg.subnet_file.with_file_name("vtep.session");
-        let session = underlay::auth::next_session(&session_file);
         info!(
             ?protection,
-            session, "overlay: datagrams to hpk-netd peers are sealed"
+            "overlay: datagrams to hpk-netd peers are sealed"
         );
+        // A restarted controller rotates the key: follow the file.
+        tokio::spawn(underlay::auth::keys::watch(path.clone(), keys.clone()));
         Ok(Some(underlay::datapath::Sealing {
-            sealer: Sealer::new(&key, public_ip, session, protection),
-            opener: Opener::new(key),
+            keys,
             protection,
+            own: public_ip,
+            session_file: self.cfg.subnet_file.with_file_name("vtep.session"),
         }))
     }
 

@@ -8,6 +8,7 @@
 //! ([`replay`]). Kernel flannel peers cannot seal: they stay plain, as flannel is.
 
 pub mod key;
+pub mod keys;
 pub mod replay;
 pub mod seal;
 

@@ -22,6 +22,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hkdf::{Salt, HKDF_SHA256};
 
 use super::key::ClusterKey;
+use super::keys::Keys;
 use super::replay::ReplayWindow;
 use crate::underlay::header;
 
@@ -152,14 +153,14 @@ struct Session {
 
 /// The receiving side: one per VTEP, owned by its receive thread.
 pub struct Opener {
-    cluster: ClusterKey,
+    keys: std::sync::Arc<Keys>,
     peers: HashMap<Ipv4Addr, Session>,
 }
 
 impl Opener {
-    pub fn new(cluster: ClusterKey) -> Opener {
+    pub fn new(keys: std::sync::Arc<Keys>) -> Opener {
         Opener {
-            cluster,
+            keys,
             peers: HashMap::new(),
         }
     }
@@ -182,39 +183,38 @@ impl Opener {
         let number = u64::from_be_bytes(ours[4..12].try_into().expect("8 bytes"));
         let counter = u64::from_be_bytes(ours[12..20].try_into().expect("8 bytes"));
         // A session seen before is checked against its window before any crypto; a newer
-        // one gets its key derived, kept only once a datagram of it is authentic.
-        let new_key = match self.peers.get(&from) {
+        // one gets its key derived (from the cluster's key, or the previous one while a
+        // rotation goes round), kept only once a datagram of it is authentic.
+        let end = datagram.len() - TAG_LEN;
+        let candidates = match self.peers.get(&from) {
             Some(s) if s.number == number && s.mode == mode => {
                 if !s.window.fresh(counter) {
                     return Err(Refused::Replayed);
                 }
-                None
+                if !open_with(&s.key, protection, counter, datagram, pre) {
+                    return Err(Refused::Forged);
+                }
+                Vec::new()
             }
             Some(s) if number <= s.number => return Err(Refused::Replayed),
-            _ => Some(derive(&self.cluster, from, number, mode)),
+            _ => self.keys.to_open(),
         };
-        let end = datagram.len() - TAG_LEN;
-        let key = match &new_key {
-            Some(k) => k,
-            None => &self.peers[&from].key,
-        };
-        let opened = match protection {
-            Protection::Authenticate => {
-                let (aad, tag) = datagram.split_at_mut(end);
-                key.open_in_place(nonce(counter), Aad::from(&*aad), tag)
-                    .is_ok()
+        if !candidates.is_empty() {
+            // A failed open may leave the bytes scrambled: try each key on a copy but the last.
+            let original = (candidates.len() > 1).then(|| datagram.to_vec());
+            let mut opened = None;
+            for (i, cluster) in candidates.iter().enumerate() {
+                let key = derive(cluster, from, number, mode);
+                if i > 0 {
+                    datagram.copy_from_slice(original.as_deref().expect("kept"));
+                }
+                if open_with(&key, protection, counter, datagram, pre) {
+                    opened = Some(key);
+                    break;
+                }
             }
-            Protection::Encrypt => {
-                let (aad, rest) = datagram.split_at_mut(pre);
-                key.open_in_place(nonce(counter), Aad::from(&*aad), rest)
-                    .is_ok()
-            }
-        };
-        if !opened {
-            return Err(Refused::Forged);
-        }
-        if let Some(key) = new_key {
-            // A newer start of the sender: its older sessions are over.
+            let key = opened.ok_or(Refused::Forged)?;
+            // A newer start of the sender (or its new key): its older sessions are over.
             let window = ReplayWindow::default();
             self.peers.insert(
                 from,
@@ -233,6 +233,29 @@ impl Opener {
         // flannel's header goes right before the frame: one slice for the decoder.
         datagram.copy_within(..header::LEN, HEADER_LEN);
         Ok(HEADER_LEN..end)
+    }
+}
+
+/// Checks (and, encrypted, decrypts) `datagram` in place; `pre` bytes are headers.
+fn open_with(
+    key: &LessSafeKey,
+    protection: Protection,
+    counter: u64,
+    datagram: &mut [u8],
+    pre: usize,
+) -> bool {
+    let end = datagram.len() - TAG_LEN;
+    match protection {
+        Protection::Authenticate => {
+            let (aad, tag) = datagram.split_at_mut(end);
+            key.open_in_place(nonce(counter), Aad::from(&*aad), tag)
+                .is_ok()
+        }
+        Protection::Encrypt => {
+            let (aad, rest) = datagram.split_at_mut(pre);
+            key.open_in_place(nonce(counter), Aad::from(&*aad), rest)
+                .is_ok()
+        }
     }
 }
 
@@ -266,7 +289,7 @@ mod tests {
         let key = ClusterKey::generate().unwrap();
         for protection in [Protection::Authenticate, Protection::Encrypt] {
             let mut s = Sealer::new(&key, A, 7, protection);
-            let mut o = Opener::new(key.clone());
+            let mut o = Opener::new(Keys::new(key.clone()));
             let d = datagram(b"the known payload");
             let wire = sealed(&mut s, &d);
             assert_eq!(wire.len(), d.len() + OVERHEAD);
@@ -281,7 +304,7 @@ mod tests {
         let key = ClusterKey::generate().unwrap();
         let mut s = Sealer::new(&key, A, 1, Protection::Authenticate);
         let wire = sealed(&mut s, &datagram(b"payload"));
-        let mut o = Opener::new(key.clone());
+        let mut o = Opener::new(Keys::new(key.clone()));
         for at in [
             0,
             5,
@@ -298,7 +321,7 @@ mod tests {
         // Sealed by A, claimed by B: B's key differs.
         assert_eq!(open(&mut o, B, wire.clone()), Err(Refused::Forged));
         // Another cluster.
-        let mut other = Opener::new(ClusterKey::generate().unwrap());
+        let mut other = Opener::new(Keys::new(ClusterKey::generate().unwrap()));
         assert_eq!(open(&mut other, A, wire.clone()), Err(Refused::Forged));
         // A plain flannel datagram is no sealed one.
         assert!(open(&mut o, A, datagram(b"x")).is_err());
@@ -308,7 +331,7 @@ mod tests {
     #[test]
     fn replays_and_older_sessions_are_refused() {
         let key = ClusterKey::generate().unwrap();
-        let mut o = Opener::new(key.clone());
+        let mut o = Opener::new(Keys::new(key.clone()));
         let mut first = Sealer::new(&key, A, 10, Protection::Authenticate);
         let one = sealed(&mut first, &datagram(b"1"));
         let two = sealed(&mut first, &datagram(b"2"));
@@ -325,5 +348,33 @@ mod tests {
         let three = sealed(&mut first, &datagram(b"late"));
         assert_eq!(open(&mut o, A, three), Err(Refused::Replayed));
         assert_eq!(open(&mut o, A, one), Err(Refused::Replayed));
+    }
+
+    #[test]
+    fn after_a_rotation_both_keys_open_and_a_third_does_not() {
+        let (a, b) = (
+            ClusterKey::from_bytes([1; 32]),
+            ClusterKey::from_bytes([2; 32]),
+        );
+        let keys = Keys::new(a.clone());
+        let mut o = Opener::new(keys.clone());
+        let mut old = Sealer::new(&a, A, 1, Protection::Encrypt);
+        assert!(open(&mut o, A, sealed(&mut old, &datagram(b"1"))).is_ok());
+        keys.replace(b.clone());
+        // A peer that has not noticed yet goes on, even with a new start.
+        assert!(open(&mut o, A, sealed(&mut old, &datagram(b"2"))).is_ok());
+        let mut restarted = Sealer::new(&a, A, 2, Protection::Encrypt);
+        assert!(open(&mut o, A, sealed(&mut restarted, &datagram(b"3"))).is_ok());
+        // One that has: a newer session with the new key.
+        let mut new = Sealer::new(&b, A, 3, Protection::Encrypt);
+        assert_eq!(
+            open(&mut o, A, sealed(&mut new, &datagram(b"4"))).unwrap(),
+            datagram(b"4")
+        );
+        let mut foreign = Sealer::new(&ClusterKey::from_bytes([3; 32]), B, 9, Protection::Encrypt);
+        assert_eq!(
+            open(&mut o, B, sealed(&mut foreign, &datagram(b"5"))),
+            Err(Refused::Forged)
+        );
     }
 }
