@@ -391,3 +391,44 @@ fn without_a_served_socket_netd_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rootful_host_can_be_its_own_userspace_vtep() {
+    let mut cl = Cluster::new(2);
+    let url = cl.etcd.url.clone();
+    // The port taken by someone else first: a clear error, no device left.
+    let addr = cl.hosts[0].addr;
+    let squatter = cl.hosts[0]
+        .ns
+        .spawn(move || UdpSocket::bind((addr, VXLAN_PORT)).unwrap())
+        .join()
+        .unwrap();
+    let h = &cl.hosts[0];
+    let out = Netd::command(
+        &h.ns,
+        &h.dir,
+        &Host::etcd_args(&url, &["--underlay", "userspace"]),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot bind the vxlan port 192.0.2.11:8472"),
+        "{err}"
+    );
+    assert!(!h.ns.has_link("flannel.1"));
+    drop(squatter);
+    for h in &mut cl.hosts {
+        h.start_netd(&Host::etcd_args(&url, &["--underlay", "userspace"]));
+    }
+    let cs = cl.containers(2);
+    reach_each_other(&cs);
+    for h in &cl.hosts {
+        let u = underlay(h);
+        assert_eq!(
+            u.local.as_deref(),
+            Some(&*format!("{}:{VXLAN_PORT}", h.addr))
+        );
+        assert!(u.counters["rx_datagrams"] > 0, "{u:?}");
+    }
+}

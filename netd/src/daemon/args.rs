@@ -110,7 +110,8 @@ pub struct RunArgs {
     #[arg(long, env = "HPK_NETD_UNDERLAY_MTU", value_name = "BYTES")]
     underlay_mtu: Option<u32>,
     /// Where vxlan meets the host's network: flannel's kernel device, or hpk-netd's own
-    /// VTEP on the host socket a bubble's launcher serves (source etcd).
+    /// VTEP on the host socket a bubble's launcher serves, or on one it binds itself
+    /// (userspace) (source etcd).
     #[arg(long, env = "HPK_NETD_UNDERLAY", value_enum)]
     underlay: Option<UnderlayKind>,
     /// UNIX socket the launcher serves the host's UDP socket on (source etcd).

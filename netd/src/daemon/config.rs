@@ -58,6 +58,9 @@ pub enum UnderlayKind {
     Kernel,
     /// hpk-netd's own VTEP on a UDP socket of the host, fetched from underlay_socket.
     HostSocket,
+    /// hpk-netd's own VTEP on a UDP socket it binds itself (a host where it runs with the
+    /// network's port free: no kernel vxlan module needed, and the overlay can be sealed).
+    Userspace,
 }
 
 /// The built-in agent's settings (`[subnet.etcd]`).
@@ -134,13 +137,14 @@ impl EtcdConfig {
         if !self.cert_file.is_empty() && self.ca_file.is_empty() {
             bail!("subnet.etcd.cert_file needs ca_file (TLS)");
         }
-        let underlay_socket = match (self.underlay, self.underlay_socket.as_str()) {
+        let userspace = match (self.underlay, self.underlay_socket.as_str()) {
             (UnderlayKind::Kernel, _) | (UnderlayKind::Auto, "") => None,
+            (UnderlayKind::Userspace, _) => Some(crate::subnet::etcd::VtepSocket::Own),
             (UnderlayKind::HostSocket, "") => bail!(
                 "subnet.etcd.underlay is host-socket but underlay_socket is empty: name the \
                  UNIX socket the launcher serves the host's UDP socket on"
             ),
-            (_, path) => Some(PathBuf::from(path)),
+            (_, path) => Some(crate::subnet::etcd::VtepSocket::Served(PathBuf::from(path))),
         };
         if self.overlay_encrypt && self.overlay_key.is_empty() {
             bail!(
@@ -148,10 +152,10 @@ impl EtcdConfig {
                  bubble cluster's controller writes it as SHARED_DIR/pki/overlay.key)"
             );
         }
-        if !self.overlay_key.is_empty() && underlay_socket.is_none() {
+        if !self.overlay_key.is_empty() && userspace.is_none() {
             bail!(
-                "subnet.etcd.overlay_key seals hpk-netd's own VTEP, which runs on the host \
-                 socket (underlay host-socket); flannel's kernel device cannot seal"
+                "subnet.etcd.overlay_key seals hpk-netd's own VTEP (underlay host-socket or \
+                 userspace); flannel's kernel device cannot seal"
             );
         }
         Ok(crate::subnet::etcd::AgentConfig {
@@ -172,7 +176,7 @@ impl EtcdConfig {
             lease_ttl: std::time::Duration::from_secs(self.lease_ttl),
             ip_masq: self.ip_masq,
             underlay_mtu: (self.underlay_mtu != 0).then_some(self.underlay_mtu),
-            underlay_socket,
+            userspace,
             overlay_key: opt(&self.overlay_key),
             overlay_encrypt: self.overlay_encrypt,
             subnet_file: subnet_file.to_path_buf(),

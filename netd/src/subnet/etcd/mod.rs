@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::EventType;
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
@@ -57,9 +57,8 @@ pub struct AgentConfig {
     /// (a bubble's slirp4netns or pasta tap at 65520): vxlan must fit the real link, or
     /// every datagram fragments on the LAN.
     pub underlay_mtu: Option<u32>,
-    /// Where the launcher serves a UDP socket of the host's network: the VTEP is then
-    /// hpk-netd itself on that socket. `None`: flannel's kernel vxlan device.
-    pub underlay_socket: Option<PathBuf>,
+    /// Where hpk-netd's own VTEP gets its UDP socket. `None`: flannel's kernel vxlan device.
+    pub userspace: Option<VtepSocket>,
     /// The cluster's key: our VTEP seals its datagrams to hpk-netd peers and takes only
     /// sealed ones from them.
     pub overlay_key: Option<PathBuf>,
@@ -67,6 +66,15 @@ pub struct AgentConfig {
     pub overlay_encrypt: bool,
     /// Where subnet.env is written.
     pub subnet_file: PathBuf,
+}
+
+/// The UDP socket of hpk-netd's own VTEP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VtepSocket {
+    /// Served by a bubble's launcher on this UNIX socket (the VTEP in a rootless bubble).
+    Served(PathBuf),
+    /// Bound by hpk-netd itself on the public address and the network's port.
+    Own,
 }
 
 /// What status reports: our lease and the peers we route to.
@@ -337,15 +345,33 @@ impl EtcdSource {
         Ok((Arc::new(Vtep::Kernel(device)), up.public_ip))
     }
 
-    /// Our own VTEP on the host socket served at `path`, and the address to publish.
+    /// Our own VTEP's socket: fetched from the launcher, or bound here.
+    async fn vtep_socket(&self, from: &VtepSocket, port: u16) -> Result<std::net::UdpSocket> {
+        match from {
+            VtepSocket::Served(path) => host_socket(path).await,
+            VtepSocket::Own => {
+                let cfg = self.cfg.clone();
+                let up = tokio::task::spawn_blocking(move || uplink(&cfg)).await??;
+                let at = std::net::SocketAddrV4::new(up.public_ip, port);
+                std::net::UdpSocket::bind(at).with_context(|| {
+                    format!(
+                        "cannot bind the vxlan port {at} (underlay userspace): is flannel's \
+                         kernel device or another VTEP on it?"
+                    )
+                })
+            }
+        }
+    }
+
+    /// Our own VTEP on the socket `from` gives, and the address to publish.
     async fn userspace_vtep(
         &self,
-        path: &std::path::Path,
+        from: &VtepSocket,
         vni: u32,
         port: u16,
         net_mtu: Option<u32>,
     ) -> Result<(SharedVtep, Ipv4Addr)> {
-        let socket = host_socket(path).await?;
+        let socket = self.vtep_socket(from, port).await?;
         let local = underlay::handover::local_addr(&socket)?;
         if local.port() != port {
             bail!(
@@ -423,9 +449,9 @@ impl EtcdSource {
     async fn start(&mut self) -> Result<SubnetEnv> {
         let mut registry = Registry::connect(&self.cfg).await;
         let net = registry.network_config().await?;
-        let (vtep, public_ip) = match &self.cfg.underlay_socket {
-            Some(path) => {
-                self.userspace_vtep(path, net.vni, net.port, net.mtu)
+        let (vtep, public_ip) = match &self.cfg.userspace {
+            Some(from) => {
+                self.userspace_vtep(from, net.vni, net.port, net.mtu)
                     .await?
             }
             None => self.kernel_vtep(net.vni, net.port, net.mtu).await?,
