@@ -332,7 +332,15 @@ mod tests {
             .arg(&dir)
             .spawn()
             .unwrap();
-        let left = processes_naming(&dir.to_string_lossy());
+        // Once it has exec'd: until then its command line is ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let left = loop {
+            let left = processes_naming(&dir.to_string_lossy());
+            if !left.is_empty() || std::time::Instant::now() >= deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert_eq!(left, [child.id() as i32]);
         let e = format!(
             "{:#}",
