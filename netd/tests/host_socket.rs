@@ -224,11 +224,20 @@ fn bad_datagrams_are_dropped_and_counted_and_leaving_peers_are_not_sent_to() {
     ] {
         vtep0.send_to(&bad, (h1.addr, VXLAN_PORT)).unwrap();
     }
+    // Frames that decode but are not for h1's VTEP (here: broadcast), or whose IPv4
+    // source lies outside h0's lease.
+    vtep0.send_to(&frame(1), (h1.addr, VXLAN_PORT)).unwrap();
+    let mut foreign = frame(1);
+    foreign[8..14].copy_from_slice(&vtep_mac(h1.addr));
+    foreign[8 + 26..8 + 30].copy_from_slice(&[10, 244, 250, 5]);
+    vtep0.send_to(&foreign, (h1.addr, VXLAN_PORT)).unwrap();
     wait_until("every bad datagram counted", Duration::from_secs(5), || {
         counter(h1, "drop_wrong_vni") == 1
             && counter(h1, "drop_malformed") == 2
             && counter(h1, "drop_unknown_sender") == 1
             && counter(h1, "drop_wrong_port") == 1
+            && counter(h1, "drop_not_for_us") == 1
+            && counter(h1, "drop_foreign_source") == 1
     });
     assert!(cs[0].0.ping(&cs[1].1.to_string()), "traffic goes on");
 

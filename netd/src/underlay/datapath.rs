@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use super::auth::keys::Keys;
 use super::auth::next_session;
 use super::auth::seal::{Opener, Protection, Refused, Sealer, OVERHEAD};
-use super::forwarding::{Counters, PeerTable};
+use super::forwarding::{Counters, PeerTable, Sender};
 use super::gso::{segment, Coalescer, Unsendable, VnetHdr};
 use super::header;
 use crate::datapath::frame_lost;
@@ -47,6 +47,9 @@ pub struct Path {
     pub counters: Arc<Counters>,
     /// The tap's MTU: a longer frame from a peer goes in as a GSO frame.
     pub mtu: usize,
+    /// Our VtepMAC: the only destination of frames from peers (flannel's neighbours are
+    /// static, nothing is flooded).
+    pub mac: [u8; 6],
 }
 
 /// The cluster's key at work: the transmit thread seals, the receive thread opens.
@@ -340,6 +343,8 @@ fn to_tap(p: &Path, mut opener: Option<&mut Opener>) -> io::Error {
                     }
                 };
                 match header::decode(datagram, p.vni) {
+                    Ok(frame) if frame[..6] != p.mac => bump(&c.drop_not_for_us, 1),
+                    Ok(frame) if !from_lease(frame, &sender) => bump(&c.drop_foreign_source, 1),
                     Ok(frame) => coalescer.push(frame, &mut |f| write(p, f, &mut write_errors)),
                     Err(header::Rejected::WrongVni(_)) => bump(&c.drop_wrong_vni, 1),
                     Err(_) => bump(&c.drop_malformed, 1),
@@ -352,6 +357,16 @@ fn to_tap(p: &Path, mut opener: Option<&mut Opener>) -> io::Error {
             return e;
         }
     }
+}
+
+/// Whether an inner IPv4 packet's source lies in the sender's lease (other frames pass:
+/// ARP is answered by our own static neighbours, and flannel carries IPv4 only).
+fn from_lease(frame: &[u8], sender: &Sender) -> bool {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return true;
+    }
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    sender.subnet.contains(&src)
 }
 
 /// Writes one frame to the tap; a lost frame is counted, a dead tap remembered.

@@ -7,14 +7,18 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
+use ipnet::Ipv4Net;
+
 /// How a peer's datagrams must look, from its lease.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sender {
     /// An hpk-netd VTEP's port: its datagrams come from there and nowhere else. A kernel
     /// flannel peer sends from any port (the kernel picks it per flow).
     pub port: Option<u16>,
     /// Whether its datagrams are sealed with the cluster's key (and ours to it are).
     pub sealed: bool,
+    /// Its lease: the IPv4 sources its frames may carry.
+    pub subnet: Ipv4Net,
 }
 
 /// VtepMAC to the peer's public address; the agent writes, the data path reads.
@@ -75,6 +79,10 @@ pub struct Counters {
     pub drop_unauthenticated: AtomicU64,
     /// Authentic but seen before (or from the sender's older start).
     pub drop_replayed: AtomicU64,
+    /// Inner frames not addressed to our VtepMAC (the bridge's, anyone's).
+    pub drop_not_for_us: AtomicU64,
+    /// Inner IPv4 packets whose source is outside the sending peer's lease.
+    pub drop_foreign_source: AtomicU64,
     /// A peer seals but this node has no overlay key.
     pub drop_no_key: AtomicU64,
     pub drop_wrong_vni: AtomicU64,
@@ -107,6 +115,8 @@ impl Counters {
             ("rx_authenticated", c(&self.rx_authenticated)),
             ("drop_unauthenticated", c(&self.drop_unauthenticated)),
             ("drop_replayed", c(&self.drop_replayed)),
+            ("drop_not_for_us", c(&self.drop_not_for_us)),
+            ("drop_foreign_source", c(&self.drop_foreign_source)),
             ("drop_no_key", c(&self.drop_no_key)),
             ("drop_wrong_vni", c(&self.drop_wrong_vni)),
             ("drop_malformed", c(&self.drop_malformed)),

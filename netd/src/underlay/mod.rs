@@ -63,6 +63,7 @@ pub fn start(
             peers: vtep.peers.clone(),
             counters: vtep.counters.clone(),
             mtu: mtu as usize,
+            mac,
         },
         sealing,
     )?;

@@ -233,6 +233,7 @@ impl Vtep {
                 let sender = Sender {
                     port: peer.hpk.map(|h| h.port),
                     sealed: peer.hpk.is_some_and(|h| h.sealed),
+                    subnet: peer.subnet,
                 };
                 u.peers.insert(peer.vtep_mac, peer.public_ip, sender);
                 route_peer(dev, peer, false)
