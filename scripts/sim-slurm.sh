@@ -206,6 +206,9 @@ kill_pidfile() {
 down() {
     [ "$(id -u)" -eq 0 ] || die "needs root"
     local f ns
+    # An `up` that stopped before making anything (another cluster was up) has no uts/:
+    # the namespaces are that other cluster's, not this directory's.
+    [ -d "$dir/uts" ] || { rm -rf "$dir"; return 0; }
     # Only the PIDs `up` recorded as it started each daemon (the daemons run in the
     # foreground, so these are the daemons themselves).
     for f in "$dir"/*.launcher.pid "$dir/httpd.pid"; do
