@@ -84,8 +84,8 @@ fn endpoint_status(
         pid: r.spec.pid,
         netns: r.spec.netns(),
         bubble_tap: att.bubble_tap.clone(),
-        forwarder_pid: r.path.forwarder.map_or(0, |f| f.pid),
-        shared_forwarder: r.path.hub,
+        forwarder_pid: r.path.forwarder().map_or(0, |f| f.pid),
+        shared_forwarder: r.path.is_hub(),
         kind: att.kind,
         counters,
     }

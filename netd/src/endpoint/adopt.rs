@@ -7,8 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
-use super::bubble_tap_name;
-use super::build;
 use super::store::Record;
 use super::table::Endpoints;
 use crate::sys::process::ProcId;
@@ -45,14 +43,11 @@ impl Endpoints {
                     }
                     continue;
                 }
-                let intact = match record.path.forwarder {
-                    Some(_) => svc.processes_intact(&record, &mut hubs),
-                    None => build::bubble_link_exists(&record.spec.attachment.bubble_tap),
-                };
+                let intact = svc.paths.intact(&record, &mut hubs);
                 if !intact {
                     warn!(id, kind = %record.spec.attachment.kind, "data path gone while hpk-netd was down; rebuilding it");
-                    svc.stop_data_path(&record);
-                    match svc.start_data_path(&record.spec) {
+                    svc.paths.stop(&record.spec, record.path);
+                    match svc.paths.start(&record.spec) {
                         Ok(path) => record.path = path,
                         Err(e) => {
                             error!(id, error = %format!("{e:#}"), "cannot restart; detaching");
@@ -64,7 +59,7 @@ impl Endpoints {
                 }
                 // The table was made afresh at start-up: guard the port again.
                 if intact {
-                    if let Err(e) = svc.guard(&record.spec) {
+                    if let Err(e) = svc.paths.guard(&record.spec) {
                         error!(id, error = %format!("{e:#}"), "cannot guard the endpoint; detaching");
                         svc.teardown(&record);
                         continue;
@@ -76,7 +71,7 @@ impl Endpoints {
             // long as the endpoint's link (named after its id) says the container lives.
             let mut reserved = Vec::new();
             for id in loaded.unreadable {
-                if build::bubble_link_exists(&bubble_tap_name(&id)) {
+                if svc.paths.link_exists(&id) {
                     reserved.push(id);
                 } else {
                     info!(id, "an unreadable record's link is gone with its container; forgetting it");

@@ -10,6 +10,8 @@ pub mod table;
 
 mod adopt;
 mod supervise;
+#[cfg(test)]
+mod table_tests;
 
 use std::path::PathBuf;
 

@@ -13,30 +13,49 @@ use crate::sys::fs::{write_atomically, TMP_SUFFIX};
 use crate::sys::process::ProcId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RecordFile")]
 pub struct Record {
     pub spec: EndpointSpec,
-    #[serde(flatten)]
+    #[serde(rename = "data_path")]
     pub path: DataPath,
 }
 
-/// The processes that carry an endpoint's frames; a veth has none.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataPath {
-    /// The forwarder of a tap endpoint, or a socket endpoint's server.
-    pub forwarder: Option<ProcId>,
-    /// A socket endpoint's client, in the container's namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<ProcId>,
-    /// The forwarder is the bubble's hub, shared with the other tap endpoints: it is told
-    /// to drop this endpoint, never stopped for it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hub: bool,
+/// What carries an endpoint's frames between its container and the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPath {
+    /// A veth pair: the kernel's own path, no process.
+    Veth,
+    /// Two taps served by the bubble's hub, shared with the other tap endpoints: it is
+    /// told to drop this endpoint, never stopped for it.
+    Hub(ProcId),
+    /// Two taps and a forwarder of their own.
+    Forwarder(ProcId),
+    /// Two taps, each with a process of its own joined by a UNIX socket: the server on
+    /// the bridge's side, the client in the container's namespace.
+    SocketPair { server: ProcId, client: ProcId },
 }
 
 impl DataPath {
-    /// The processes: forwarder (or server, or hub), then client.
+    /// The processes that must run for the endpoint to carry frames: forwarder (or
+    /// server, or hub), then client.
     pub fn processes(&self) -> impl Iterator<Item = ProcId> {
-        self.forwarder.into_iter().chain(self.client)
+        let (first, second) = match *self {
+            DataPath::Veth => (None, None),
+            DataPath::Hub(p) | DataPath::Forwarder(p) => (Some(p), None),
+            DataPath::SocketPair { server, client } => (Some(server), Some(client)),
+        };
+        first.into_iter().chain(second)
+    }
+
+    /// The process on the bridge's side: the forwarder, server or hub.
+    pub fn forwarder(&self) -> Option<ProcId> {
+        self.processes().next()
+    }
+
+    /// Whether the forwarder is the bubble's shared hub.
+    pub fn is_hub(&self) -> bool {
+        matches!(self, DataPath::Hub(_))
     }
 }
 
@@ -46,6 +65,45 @@ impl Record {
     }
 }
 
+/// A record as files hold it: `data_path`, or the fields hpk-netd wrote before it (a
+/// restarted newer hpk-netd adopts the endpoints an older one left).
+#[derive(Deserialize)]
+struct RecordFile {
+    spec: EndpointSpec,
+    data_path: Option<DataPath>,
+    /// Before `data_path`: the forwarder, server or hub.
+    #[serde(default)]
+    forwarder: Option<ProcId>,
+    /// Before `data_path`: a socket endpoint's client.
+    #[serde(default)]
+    client: Option<ProcId>,
+    /// Before `data_path`: the forwarder is the hub.
+    #[serde(default)]
+    hub: bool,
+}
+
+impl TryFrom<RecordFile> for Record {
+    type Error = String;
+
+    fn try_from(file: RecordFile) -> Result<Record, String> {
+        let old = (file.forwarder, file.client, file.hub);
+        let path = match (file.data_path, old) {
+            (Some(path), (None, None, false)) => path,
+            (Some(_), _) => return Err("it holds both data_path and older fields".into()),
+            (None, (None, None, false)) => DataPath::Veth,
+            (None, (Some(hub), None, true)) => DataPath::Hub(hub),
+            (None, (Some(forwarder), None, false)) => DataPath::Forwarder(forwarder),
+            (None, (Some(server), Some(client), false)) => DataPath::SocketPair { server, client },
+            (None, _) => return Err("its data path fields do not go together".into()),
+        };
+        Ok(Record {
+            spec: file.spec,
+            path,
+        })
+    }
+}
+
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
 }
@@ -198,5 +256,94 @@ impl Record {
             bail!("it names no valid process");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_json() -> serde_json::Value {
+        let id = "c1";
+        serde_json::json!({"id": id, "address": "10.244.3.2", "prefix_len": 24,
+            "gateway": "10.244.3.1", "mtu": 1450, "tap": "eth0",
+            "bubble_tap": crate::endpoint::bubble_tap_name(id), "kind": "tap",
+            "pid": 4242, "pid_start": 7, "bridge": "hpk-bridge"})
+    }
+
+    fn parse(fields: serde_json::Value) -> Result<Record> {
+        let mut record = serde_json::json!({ "spec": spec_json() });
+        record
+            .as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        Record::parse("c1", &serde_json::to_vec(&record).unwrap())
+    }
+
+    const P: ProcId = ProcId { pid: 10, start: 1 };
+    const Q: ProcId = ProcId { pid: 11, start: 2 };
+
+    /// Records written before `data_path` existed still read, as what they meant.
+    #[test]
+    fn old_records_read() {
+        let p = serde_json::json!({"pid": 10, "start": 1});
+        let q = serde_json::json!({"pid": 11, "start": 2});
+        let cases = [
+            (serde_json::json!({"forwarder": null}), DataPath::Veth),
+            (serde_json::json!({}), DataPath::Veth),
+            (serde_json::json!({"forwarder": p}), DataPath::Forwarder(P)),
+            (
+                serde_json::json!({"forwarder": p, "hub": true}),
+                DataPath::Hub(P),
+            ),
+            (
+                serde_json::json!({"forwarder": p, "client": q}),
+                DataPath::SocketPair {
+                    server: P,
+                    client: Q,
+                },
+            ),
+        ];
+        for (fields, path) in cases {
+            let record = parse(fields.clone()).unwrap_or_else(|e| panic!("{fields}: {e:#}"));
+            assert_eq!(record.path, path, "{fields}");
+        }
+    }
+
+    #[test]
+    fn old_fields_that_do_not_go_together_are_refused() {
+        let p = serde_json::json!({"pid": 10, "start": 1});
+        for fields in [
+            serde_json::json!({"client": p}),
+            serde_json::json!({"hub": true}),
+            serde_json::json!({"forwarder": p, "client": p, "hub": true}),
+            serde_json::json!({"data_path": "veth", "forwarder": p}),
+        ] {
+            assert!(parse(fields.clone()).is_err(), "{fields}");
+        }
+    }
+
+    /// Records are written in the new layout, which reads back the same.
+    #[test]
+    fn new_records_round_trip() {
+        for path in [
+            DataPath::Veth,
+            DataPath::Hub(P),
+            DataPath::Forwarder(P),
+            DataPath::SocketPair {
+                server: P,
+                client: Q,
+            },
+        ] {
+            let record = Record {
+                spec: serde_json::from_value(spec_json()).unwrap(),
+                path,
+            };
+            let json = serde_json::to_value(&record).unwrap();
+            assert!(json.get("data_path").is_some(), "{json}");
+            assert!(json.get("forwarder").is_none(), "{json}");
+            let bytes = serde_json::to_vec(&record).unwrap();
+            assert_eq!(Record::parse("c1", &bytes).unwrap(), record);
+        }
     }
 }

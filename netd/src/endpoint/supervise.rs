@@ -12,9 +12,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
+use super::build::STOP_GRACE;
 use super::forwarder;
 use super::store::Record;
-use super::table::{Endpoints, Slot, STOP_GRACE};
+use super::table::{Endpoints, Slot};
 use crate::sys::pidwatch::PidWatch;
 use crate::sys::process::{reap, ProcId};
 
@@ -108,7 +109,7 @@ impl Endpoints {
             }
             restarts += 1;
             last_restart = Instant::now();
-            let tail = self.forwarder_log_tail(&record);
+            let tail = self.paths.log_tail(&record);
             if restarts > MAX_RESTARTS {
                 error!(
                     id,
@@ -136,7 +137,7 @@ impl Endpoints {
                 }
                 let svc = self.clone();
                 let spec = record.spec.clone();
-                let started = tokio::task::spawn_blocking(move || svc.start_data_path(&spec)).await;
+                let started = tokio::task::spawn_blocking(move || svc.paths.start(&spec)).await;
                 match started {
                     Ok(Ok(path)) => break path,
                     // A child of ours started while the dead forwarder's taps were being
@@ -168,7 +169,7 @@ impl Endpoints {
             let saved = record.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if !still_ours {
-                    svc.stop_processes(saved.spec.id(), saved.path);
+                    svc.paths.stop_processes(saved.spec.id(), saved.path);
                 } else if let Err(e) = svc.store.save(&saved) {
                     warn!(id = saved.spec.id(), error = %e, "cannot update the endpoint record");
                 }
