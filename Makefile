@@ -57,6 +57,7 @@ test: deps lint
 	scripts/tests/demo.sh
 	scripts/tests/images.sh
 	scripts/tests/vagrant.sh
+	scripts/tests/mpi.sh
 
 man:
 	HPK_WRITE_MAN=1 $(CARGO) test --workspace --locked man_page

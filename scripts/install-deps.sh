@@ -14,6 +14,7 @@ packages=(
     etcd-server etcd-client slirp4netns passt                   # bubbles and the overlay
     aardvark-dns dnsperf socat                                  # names and ports: an upstream DNS, the DNS bench, a UDP server
     slurmctld slurmd slurm-client munge                         # the simulated Slurm cluster
+    openmpi-bin                                                 # mpirun on the login node (MPI test, bench)
     protobuf-compiler libprotobuf-dev                           # etcd-client's build
     build-essential pkg-config ca-certificates
 )
