@@ -116,12 +116,17 @@ fn capture(ns: &Netns, from: Ipv4Addr, stop: Arc<AtomicBool>) -> JoinHandle<Vec<
         ready_tx.send(()).unwrap();
         let mut seen = Vec::new();
         let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
+        loop {
+            // Asked to stop: what is queued still counts; an idle 100 ms ends it.
+            let stopping = stop.load(Ordering::Relaxed);
             let Ok(n) = nix::sys::socket::recv(
                 fd.as_raw_fd(),
                 &mut buf,
                 nix::sys::socket::MsgFlags::empty(),
             ) else {
+                if stopping {
+                    break;
+                }
                 continue;
             };
             let p = &buf[..n];

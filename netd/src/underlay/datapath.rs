@@ -1,40 +1,35 @@
-//! The two threads of userspace vxlan: tap to socket (look up the VtepMAC, segment, seal
-//! for a sealing peer, one `sendmsg` with UDP GSO per batch) and socket to tap (`recvmmsg`
-//! with UDP GRO, check sender, port and seal, then the VNI, join TCP segments, one tap
-//! write per joined frame).
+//! The two threads of userspace vxlan: tap to socket ([`super::transmit`]) and socket to
+//! tap (`recvmmsg` with UDP GRO, check sender, port and seal, then the VNI, MAC and
+//! source, join TCP segments, one tap write per joined frame, then any reply waiting).
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{
-    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    MultiHeaders, SockaddrIn,
+    recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn,
 };
 use tracing::{error, info, warn};
 
-use super::auth::keys::Keys;
-use super::auth::next_session;
-use super::auth::seal::{Opener, Protection, Refused, Sealer, OVERHEAD};
+use super::auth::seal::{Opener, Refused};
 use super::forwarding::{Counters, PeerTable, Sender};
-use super::gso::{segment, Coalescer, Unsendable, VnetHdr};
+use super::gso::Coalescer;
 use super::header;
+pub use super::transmit::Sealing;
+use super::transmit::{self, SharedTransmit, Transmit};
 use crate::datapath::frame_lost;
-use crate::sys::tap::{Tap, MAX_FRAME};
+use crate::sys::tap::Tap;
 
 /// Datagrams received per `recvmmsg`.
 const RX_BATCH: usize = 8;
 /// Room for one GRO batch (at most 64 KiB of UDP payload).
 const RX_BUF: usize = 65536;
+/// Frames the receive thread picks up from the tap after its writes (replies).
+const REPLY_BUDGET: usize = 8;
 /// Socket buffers asked for; the kernel caps them at net.core.[rw]mem_max.
 const SOCKET_BUFFER: usize = 8 << 20;
-/// UDP GSO limits per send: the IP datagram's 64 KiB, and the kernel's segment count.
-const GSO_MAX_BYTES: usize = 65000;
-const GSO_MAX_SEGMENTS: usize = 64;
 
 /// Everything both directions need.
 pub struct Path {
@@ -50,64 +45,6 @@ pub struct Path {
     /// Our VtepMAC: the only destination of frames from peers (flannel's neighbours are
     /// static, nothing is flooded).
     pub mac: [u8; 6],
-}
-
-/// The cluster's key at work: the transmit thread seals, the receive thread opens.
-pub struct Sealing {
-    pub keys: Arc<Keys>,
-    pub protection: Protection,
-    /// Our public address: part of every key we seal with.
-    pub own: Ipv4Addr,
-    /// Where the last session number is remembered (see [`next_session`]).
-    pub session_file: PathBuf,
-}
-
-/// How long a new cluster key is only opened before we seal with it: every peer notices
-/// the file change within a second (keys::watch), so none is sent what it cannot open yet.
-const ROTATION_GRACE: Duration = Duration::from_secs(3);
-
-/// The transmit thread's sealer, made anew (new session) when the cluster's key changes.
-struct Sending {
-    sealing: Sealing,
-    generation: u64,
-    sealer: Sealer,
-    /// A newer key's generation, and when we noticed it.
-    pending: Option<(u64, Instant)>,
-}
-
-impl Sending {
-    fn new(sealing: Sealing) -> Sending {
-        let generation = sealing.keys.generation();
-        let sealer = Self::sealer(&sealing);
-        Sending {
-            sealing,
-            generation,
-            sealer,
-            pending: None,
-        }
-    }
-
-    fn sealer(s: &Sealing) -> Sealer {
-        let session = next_session(&s.session_file);
-        Sealer::new(&s.keys.current(), s.own, session, s.protection)
-    }
-
-    fn current(&mut self) -> &mut Sealer {
-        let generation = self.sealing.keys.generation();
-        if generation != self.generation {
-            match self.pending {
-                Some((g, since)) if g == generation => {
-                    if since.elapsed() >= ROTATION_GRACE {
-                        self.sealer = Self::sealer(&self.sealing);
-                        self.generation = generation;
-                        self.pending = None;
-                    }
-                }
-                _ => self.pending = Some((generation, Instant::now())),
-            }
-        }
-        &mut self.sealer
-    }
 }
 
 /// Sizes the socket's buffers and turns on UDP GRO; says what the kernel granted.
@@ -141,16 +78,18 @@ fn tune(socket: &UdpSocket) -> bool {
 /// ends hpk-netd so that its supervisor starts it again.
 pub fn spawn(path: Path, sealing: Option<Sealing>) -> io::Result<()> {
     let gso = tune(&path.socket);
+    path.tap.set_nonblocking(true)?;
     let path = Arc::new(path);
-    let tx = path.clone();
+    let tx_path = path.clone();
     let mut opener = sealing.as_ref().map(|s| Opener::new(s.keys.clone()));
-    let mut sending = sealing.map(Sending::new);
+    let transmit: SharedTransmit = Arc::new(Mutex::new(Transmit::new(path.vni, gso, sealing)));
+    let tx = transmit.clone();
     std::thread::Builder::new()
         .name("vxlan-tx".into())
-        .spawn(move || fatal("tap to socket", to_socket(&tx, gso, sending.as_mut())))?;
+        .spawn(move || fatal("tap to socket", transmit::run(&tx_path, &tx)))?;
     std::thread::Builder::new()
         .name("vxlan-rx".into())
-        .spawn(move || fatal("socket to tap", to_tap(&path, opener.as_mut())))?;
+        .spawn(move || fatal("socket to tap", to_tap(&path, opener.as_mut(), &transmit)))?;
     Ok(())
 }
 
@@ -159,106 +98,11 @@ fn fatal(direction: &str, e: io::Error) {
     std::process::exit(1);
 }
 
-fn bump(counter: &AtomicU64, n: usize) {
+pub(super) fn bump(counter: &AtomicU64, n: usize) {
     Counters::add(counter, n as u64);
 }
 
-/// Sends `data` (datagrams of `stride` bytes, the last possibly shorter) to `to`.
-fn send(
-    socket: &UdpSocket,
-    data: &[u8],
-    stride: usize,
-    to: &SockaddrIn,
-    gso: bool,
-) -> io::Result<usize> {
-    let fd = socket.as_raw_fd();
-    if data.len() <= stride {
-        return sendmsg(fd, &[IoSlice::new(data)], &[], MsgFlags::empty(), Some(to))
-            .map(|_| 1)
-            .map_err(io::Error::from);
-    }
-    if !gso {
-        for d in data.chunks(stride) {
-            sendmsg(fd, &[IoSlice::new(d)], &[], MsgFlags::empty(), Some(to))?;
-        }
-        return Ok(data.len().div_ceil(stride));
-    }
-    let per_send = (GSO_MAX_BYTES / stride).clamp(1, GSO_MAX_SEGMENTS) * stride;
-    let size = stride as u16;
-    for batch in data.chunks(per_send) {
-        let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-        let cmsgs: &[ControlMessage] = if batch.len() > stride { &cmsg } else { &[] };
-        sendmsg(
-            fd,
-            &[IoSlice::new(batch)],
-            cmsgs,
-            MsgFlags::empty(),
-            Some(to),
-        )?;
-    }
-    Ok(data.len().div_ceil(stride))
-}
-
-fn to_socket(p: &Path, gso: bool, mut sending: Option<&mut Sending>) -> io::Error {
-    let c = &p.counters;
-    let prefix = header::encode(p.vni);
-    let mut buf = vec![0u8; VnetHdr::LEN + MAX_FRAME];
-    let mut out = Vec::with_capacity(2 * MAX_FRAME);
-    let mut sealed = Vec::with_capacity(2 * MAX_FRAME);
-    loop {
-        let n = match p.tap.read_frame(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return e,
-        };
-        if n < VnetHdr::LEN + 14 {
-            continue;
-        }
-        bump(&c.tx_frames, 1);
-        let hdr = VnetHdr::parse(buf[..VnetHdr::LEN].try_into().expect("10 bytes"));
-        let frame = &buf[VnetHdr::LEN..n];
-        let Some((dest, seal)) = p.peers.destination(&frame[..6]) else {
-            bump(&c.drop_no_peer, 1);
-            continue;
-        };
-        out.clear();
-        let datagrams = match segment(&hdr, frame, &prefix, &mut out) {
-            Ok(d) => d,
-            Err(why) => {
-                if let Unsendable::UnsupportedGso(kind) = why {
-                    warn!(gso_type = kind, "frame of an unexpected GSO kind dropped");
-                }
-                bump(&c.drop_unsendable, 1);
-                continue;
-            }
-        };
-        let (wire, stride) = if seal {
-            let Some(sealer) = sending.as_deref_mut().map(Sending::current) else {
-                bump(&c.drop_no_key, datagrams.count);
-                continue;
-            };
-            sealed.clear();
-            for d in out.chunks(datagrams.stride) {
-                sealer.seal(d, &mut sealed);
-            }
-            bump(&c.tx_sealed, datagrams.count);
-            (&sealed, datagrams.stride + OVERHEAD)
-        } else {
-            (&out, datagrams.stride)
-        };
-        let to = SockaddrIn::from(SocketAddrV4::new(dest, p.port));
-        match send(&p.socket, wire, stride, &to, gso) {
-            Ok(sent) => {
-                bump(&c.tx_datagrams, sent);
-                bump(&c.tx_bytes, wire.len());
-            }
-            // The host's network is busy or unreachable for a moment: TCP resends.
-            Err(_) => bump(&c.drop_send_error, datagrams.count),
-        }
-    }
-}
-
-fn to_tap(p: &Path, mut opener: Option<&mut Opener>) -> io::Error {
+fn to_tap(p: &Path, mut opener: Option<&mut Opener>, transmit: &SharedTransmit) -> io::Error {
     let c = &p.counters;
     let mut bufs = vec![vec![0u8; RX_BUF]; RX_BATCH];
     let mut coalescer = Coalescer::with_mtu(p.mtu);
@@ -352,6 +196,13 @@ fn to_tap(p: &Path, mut opener: Option<&mut Opener>) -> io::Error {
             }
         }
         coalescer.flush(&mut |f| write(p, f, &mut write_errors));
+        // What we wrote may have been answered at once (an echo, an ACK): send that now,
+        // unless the transmit thread is at it already.
+        if let Ok(mut t) = transmit.try_lock() {
+            if let Err(e) = t.drain(p, REPLY_BUDGET) {
+                write_errors.get_or_insert(e);
+            }
+        }
         bump(&c.rx_partial_checksum, coalescer.take_partial() as usize);
         if let Some(e) = write_errors.take() {
             return e;

@@ -17,6 +17,7 @@ pub mod forwarding;
 pub mod gso;
 pub mod handover;
 pub mod header;
+pub mod transmit;
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::Arc;
