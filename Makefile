@@ -75,6 +75,7 @@ bench: binaries
 	scripts/bench/scale.sh
 	scripts/bench/bubbles.sh
 	scripts/bench/names.sh
+	scripts/bench/mpi.sh
 
 # Each target FUZZ_SECS seconds, optimised (the fuzz profile), one at a time.
 FUZZ_SECS ?= 60
