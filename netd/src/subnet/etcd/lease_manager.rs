@@ -4,6 +4,9 @@
 //! Where it differs from flanneld (on purpose): a garbled value under `subnets/` is
 //! logged and ignored instead of dropping every route, and a lost own lease is recreated
 //! for the same subnet instead of exiting.
+//!
+//! The policy works against [`LeaseStore`] (etcd's [`Registry`] is the real one), so that
+//! it is tested without etcd, as flannel tests its lease manager against a mock registry.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -25,8 +28,24 @@ const RANDOM_AMONG: usize = 100;
 /// Lost races for a subnet before giving up.
 const ATTEMPTS: u32 = 10;
 
-pub(crate) struct LeaseManager {
-    pub registry: Registry,
+/// What the lease policy asks of the subnet registry.
+pub(crate) trait LeaseStore {
+    /// The etcd prefix the keys live under.
+    fn prefix(&self) -> &str;
+    /// Every key under `subnets/`, and the revision it was listed at.
+    async fn list(&mut self) -> Result<(Vec<Entry>, i64)>;
+    /// Leases `subnet` with our value only if nobody holds it; whether we got it.
+    async fn create(&mut self, subnet: Ipv4Net) -> Result<bool>;
+    /// Puts our value on `subnet` with a fresh lease, whoever holds it.
+    async fn put(&mut self, subnet: Ipv4Net) -> Result<()>;
+    /// Renews `subnet` while it holds our value; whether it did.
+    async fn renew(&mut self, subnet: Ipv4Net) -> Result<bool>;
+    /// When the lease `lease` runs out (seconds since the epoch), if it runs.
+    async fn expiry(&mut self, lease: i64) -> Option<u64>;
+}
+
+pub(crate) struct LeaseManager<S: LeaseStore = Registry> {
+    pub registry: S,
     pub net: NetworkConfig,
     pub public_ip: Ipv4Addr,
     /// Our subnet, once leased.
@@ -43,14 +62,14 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-impl LeaseManager {
+impl<S: LeaseStore> LeaseManager<S> {
     pub fn new(
-        registry: Registry,
+        registry: S,
         net: NetworkConfig,
         public_ip: Ipv4Addr,
         ttl: Duration,
         overlay: SharedOverlay,
-    ) -> LeaseManager {
+    ) -> LeaseManager<S> {
         let first = net.subnets().next().expect("at least one subnet");
         LeaseManager {
             registry,
@@ -223,3 +242,7 @@ impl LeaseManager {
         expiry
     }
 }
+
+#[cfg(test)]
+#[path = "lease_manager_tests.rs"]
+mod tests;

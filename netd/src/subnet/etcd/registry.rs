@@ -13,10 +13,12 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use super::lease;
+use super::lease_manager::LeaseStore;
 use super::netconfig::NetworkConfig;
 use super::AgentConfig;
 
 /// One key under `subnets/` as listed.
+#[derive(Debug)]
 pub(crate) struct Entry {
     pub key: String,
     pub value: Vec<u8>,
@@ -198,5 +200,31 @@ impl Registry {
             .with_prefix()
             .with_start_revision(revision + 1);
         Ok(self.client.watch(prefix.as_str(), Some(opts)).await?)
+    }
+}
+
+impl LeaseStore for Registry {
+    fn prefix(&self) -> &str {
+        Registry::prefix(self)
+    }
+
+    async fn list(&mut self) -> Result<(Vec<Entry>, i64)> {
+        Registry::list(self).await
+    }
+
+    async fn create(&mut self, subnet: Ipv4Net) -> Result<bool> {
+        Registry::create(self, subnet).await
+    }
+
+    async fn put(&mut self, subnet: Ipv4Net) -> Result<()> {
+        Registry::put(self, subnet).await
+    }
+
+    async fn renew(&mut self, subnet: Ipv4Net) -> Result<bool> {
+        Registry::renew(self, subnet).await
+    }
+
+    async fn expiry(&mut self, lease: i64) -> Option<u64> {
+        Registry::expiry(self, lease).await
     }
 }
