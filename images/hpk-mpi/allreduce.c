@@ -64,8 +64,8 @@ int main(int argc, char **argv)
     long bad_total = 0;
     MPI_Reduce(&bad, &bad_total, 1, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     if (rank == 0) {
-        printf("allreduce: sum of ranks %ld (expected %d), %ld wrong of %d elements on %d ranks\n",
-               sum[0], size * (size - 1) / 2, bad_total, COUNT, size);
+        printf("allreduce: sum of ranks %ld (expected %d), %ld wrong of %ld (%d ranks x %d elements)\n",
+               sum[0], size * (size - 1) / 2, bad_total, (long)size * COUNT, size, COUNT);
         if (bad_total != 0) {
             fflush(stdout);
             MPI_Abort(MPI_COMM_WORLD, 1);
