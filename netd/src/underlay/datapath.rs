@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn,
@@ -26,6 +27,10 @@ use crate::sys::tap::Tap;
 const RX_BATCH: usize = 8;
 /// Room for one GRO batch (at most 64 KiB of UDP payload).
 const RX_BUF: usize = 65536;
+/// How long the receive thread keeps looking for the next datagram and for replies at the
+/// tap before it sleeps: a wake-up costs tens of microseconds on a VM's idle vCPU, several
+/// per round trip; the forwarders' hub does the same (`busy_poll_us`).
+const POLL_AFTER_TRAFFIC: Duration = Duration::from_micros(100);
 /// Frames the receive thread picks up from the tap after its writes (replies).
 const REPLY_BUDGET: usize = 8;
 /// Socket buffers asked for; the kernel caps them at net.core.[rw]mem_max.
@@ -109,8 +114,17 @@ fn to_tap(p: &Path, mut opener: Option<&mut Opener>, transmit: &SharedTransmit) 
     let mut received: Vec<(usize, Option<SocketAddrV4>, usize, bool)> =
         Vec::with_capacity(RX_BATCH);
     let mut write_errors: Option<io::Error> = None;
+    // After traffic the thread keeps looking, without sleeping, for `POLL_AFTER_TRAFFIC`:
+    // at the next datagram and at the tap (a reply a process makes within that time).
+    let mut polling_until: Option<Instant> = None;
     loop {
         received.clear();
+        let polling = polling_until.is_some_and(|t| Instant::now() < t);
+        let flags = if polling {
+            MsgFlags::MSG_WAITFORONE | MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::MSG_WAITFORONE
+        };
         {
             // Fresh headers per call: the kernel shrinks each header's control length to
             // what it wrote, and nix does not reset it, so reused headers would lose the
@@ -123,11 +137,20 @@ fn to_tap(p: &Path, mut opener: Option<&mut Opener>, transmit: &SharedTransmit) 
                 p.socket.as_raw_fd(),
                 &mut headers,
                 iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
+                flags,
                 None,
             ) {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if let Ok(mut t) = transmit.try_lock() {
+                        if let Err(e) = t.drain(p, REPLY_BUDGET) {
+                            return e;
+                        }
+                    }
+                    std::hint::spin_loop();
+                    continue;
+                }
                 Err(e) => return e.into(),
             };
             for m in msgs {
@@ -196,6 +219,7 @@ fn to_tap(p: &Path, mut opener: Option<&mut Opener>, transmit: &SharedTransmit) 
             }
         }
         coalescer.flush(&mut |f| write(p, f, &mut write_errors));
+        polling_until = Some(Instant::now() + POLL_AFTER_TRAFFIC);
         // What we wrote may have been answered at once (an echo, an ACK): send that now,
         // unless the transmit thread is at it already.
         if let Ok(mut t) = transmit.try_lock() {
