@@ -82,7 +82,7 @@ for b in "${ids[@]}"; do
         enter "$b" hpktainer run -d --name "$name" -e OMPI_MCA_oob_tcp_if_include=tap0 \
             -e OMPI_MCA_btl_tcp_if_include=tap0 "$image" \
             bash -c 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done' >/dev/null ||
-            die "cannot start $name in bubble $b"
+            die "cannot start $name in bubble $b (one left by -k? reuse it with -r, or remove it)"
         started+=("$b:$name")
     fi
     address=$(enter "$b" hpktainer ps --json | jq -r --arg n "$name" '.[] | select(.name == $n) | .address')
