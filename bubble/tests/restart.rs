@@ -127,3 +127,46 @@ fn a_controller_restarted_in_place_carries_on_with_the_same_cluster() {
     }
     assert_eq!(c.bubble_processes(), Vec::<String>::new());
 }
+
+/// A controller that fails (its uplink died) rather than being stopped keeps etcd's data
+/// and its certificate in its state directory; the start after it takes them over and the
+/// node started before reaches it again.
+#[test]
+fn a_failed_controller_keeps_what_its_restart_needs() {
+    let mut c = cluster(2);
+    let a2 = c.container(2, "far", &[]);
+    let before = record(&c, 1);
+    // The uplink is the last of the processes the launcher noted.
+    let noted: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(c.state_dir(1).join("processes.json")).unwrap())
+            .unwrap();
+    let uplink = noted.last().unwrap()["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(uplink), Signal::SIGKILL).unwrap();
+    let (code, log) = c.launcher(1).wait_exit(Duration::from_secs(30));
+    assert_ne!(code, Some(0), "{log:?}");
+    let mut left: Vec<String> = std::fs::read_dir(c.state_dir(1))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["etcd", "launcher.lock", "pki"],
+        "kept for the restart"
+    );
+    assert!(c.shared.join("pki/etcd-ca.pem").exists());
+
+    c.launch_with(0, 1, "controller", &[], &[NAMES_TTL]);
+    let after = wait_restarted(&mut c, 1, &before);
+    assert!(
+        c.launcher_log(1).contains("kept etcd, pki"),
+        "{}",
+        c.launcher_log(1)
+    );
+    assert_eq!(after["subnet"], before["subnet"]);
+    let a1 = c.container(1, "back", &[]);
+    for (from, to) in [(1, a2), (2, a1)] {
+        let out = c.in_container(from, &format!("ping -c 1 -W 5 {to}"));
+        assert!(out.status.success(), "bubble {from}: {}", stdout(&out));
+    }
+}
