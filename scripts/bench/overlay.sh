@@ -98,7 +98,7 @@ done
 
 # CPU seconds (user+system) of both hpk-netd processes so far, in clock ticks.
 netd_ticks() { local t=0 pid; for pid in "${netd_pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
-gbit() { jq '.end.sum_received.bits_per_second/1e9'; }
+gbit() { jq '.end.sum_received.bits_per_second / 1e7 | round / 100'; }
 
 printf '\nCross-host overlay, container to container (%ss iperf3 x 3, medians; kernel %s, %s cores)\n\n' "$secs" "$(uname -r)" "$(nproc)"
 fmt='%-26s %7s %6s %8s %7s %6s %8s %8s %8s %9s\n'
