@@ -6,13 +6,14 @@
 # mpirun through their bubble's NAT. The containers are removed at the end.
 #
 #   HPK_SHARED_DIR=DIR scripts/mpi-job.sh -i IMAGE [-b "1 2 3"] [-p PER] [-n PREFIX] [-k]
-#       [-t SECONDS] [-o "MPIRUN OPTIONS"] PROGRAM [ARG...]
+#       [-v SRC:DST[:ro]]... [-t SECONDS] [-o "MPIRUN OPTIONS"] PROGRAM [ARG...]
 #
 # -i IMAGE    the containers' image (HPK_MPI_IMAGE): any hpktainer image with OpenMPI of
 #             the login node's version, e.g. the root filesystem images/hpk-mpi/build.sh makes
 # -b LIST     the bubbles to use [default: every bubble of the job]
 # -p PER      ranks per container [default: 1]; ranks fill the containers in bubble order
 # -n PREFIX   container names [default: rank]
+# -v BIND     a directory in every container, as hpktainer run -v (repeatable)
 # -k          keep the containers afterwards (a next run with -r reuses them)
 # -r          reuse running containers of these names instead of starting new ones
 # -t SECONDS  end the job after SECONDS (mpirun --timeout; HPK_MPI_TIMEOUT) [default: none]
@@ -31,13 +32,15 @@ keep=no
 reuse=no
 extra=${HPK_MPI_ARGS:-}
 timeout=${HPK_MPI_TIMEOUT:-}
+binds=()
 usage() { sed -n 's/^#   //p; s/^# \(-. .*\)/  \1/p' "$0" >&2; exit 2; }
-while getopts "i:b:p:n:krt:o:" opt; do
+while getopts "i:b:p:n:v:krt:o:" opt; do
     case $opt in
     i) image=$OPTARG ;;
     b) bubbles=$OPTARG ;;
     p) per=$OPTARG ;;
     n) prefix=$OPTARG ;;
+    v) binds+=(-v "$OPTARG") ;;
     k) keep=yes ;;
     r) reuse=yes ;;
     t) timeout=$OPTARG ;;
@@ -80,7 +83,7 @@ for b in "${ids[@]}"; do
     name=$prefix$b
     if [ $reuse = no ]; then
         enter "$b" hpktainer run -d --name "$name" -e OMPI_MCA_oob_tcp_if_include=tap0 \
-            -e OMPI_MCA_btl_tcp_if_include=tap0 "$image" \
+            -e OMPI_MCA_btl_tcp_if_include=tap0 "${binds[@]}" "$image" \
             bash -c 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done' >/dev/null ||
             die "cannot start $name in bubble $b (one left by -k? reuse it with -r, or remove it)"
         started+=("$b:$name")

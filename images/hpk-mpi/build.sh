@@ -38,6 +38,8 @@ mmdebstrap --quiet --variant=apt \
 # localhost line OpenMPI's every lookup of "localhost" goes to DNS.
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$tmp/etc/hosts"
 touch "$tmp/etc/resolv.conf"
+# A directory rootfs is used as it is, so bind targets must exist: /work for the user's.
+mkdir -p "$tmp/work"
 chmod -R a+rX "$tmp"
 mv "$tmp" "$dir"
 trap - EXIT
