@@ -8,10 +8,9 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use oci_spec::runtime::{Spec, State};
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::proto::{
-    AttachRequest, EndpointKind, Request, Response, ANNOTATION_ENDPOINT, ANNOTATION_IP,
-    ANNOTATION_NETWORK,
+    AttachRequest, EndpointKind, ANNOTATION_ENDPOINT, ANNOTATION_IP, ANNOTATION_NETWORK,
 };
 
 /// The OCI lifecycle points the hook handles.
@@ -137,23 +136,27 @@ pub fn run(stage: Stage, state: &State, socket: &Path) -> Result<()> {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 bail!("container {id}: its process {pid} is gone (the container exited before its network was attached)");
             }
-            match client.call(&Request::Attach(AttachRequest {
+            let attached = client.attach(AttachRequest {
                 id: id.clone(),
                 pid,
                 address,
                 endpoint,
                 name,
                 ports,
-            }))? {
-                Response::Attached(_) => Ok(()),
-                Response::Error { message } => bail!("hpk-netd could not attach {id}: {message}"),
-                other => bail!("hpk-netd answered attach with {other:?}"),
+            });
+            match attached {
+                Ok(_) => Ok(()),
+                // The message and, per code, what to do (see `ControlError`'s Display).
+                Err(ClientError::Refused(e)) => bail!("hpk-netd could not attach {id}: {e}"),
+                Err(e) => Err(e.into()),
             }
         }
-        Stage::Detach => match client.call(&Request::Detach { id: id.clone() })? {
-            Response::Detached { .. } => Ok(()),
-            Response::Error { message } => bail!("hpk-netd could not detach {id}: {message}"),
-            other => bail!("hpk-netd answered detach with {other:?}"),
+        // Idempotent: a container that was never attached (opted out, failed to start)
+        // has nothing to detach.
+        Stage::Detach => match client.detach(&id) {
+            Ok(_) => Ok(()),
+            Err(ClientError::Refused(e)) => bail!("hpk-netd could not detach {id}: {e}"),
+            Err(e) => Err(e.into()),
         },
     }
 }

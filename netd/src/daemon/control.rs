@@ -2,16 +2,23 @@
 //! Peers are identified by SO_PEERCRED; only configured uids are served. Requests are
 //! bounded in size and time, and connections in number, so that a flood of bad or idle
 //! connections cannot starve the hooks' attaches or run hpk-netd out of descriptors.
+//! Requests carry the protocol's version; failures are answered with a code (`errors`).
+
+mod errors;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hpk_hook::proto::{AttachRequest, Attachment, Request, Response, MAX_REQUEST};
+use hpk_hook::proto::{
+    parse_request, AttachRequest, Attachment, ControlError, ErrorCode, Request, Response,
+    MAX_REQUEST,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use self::errors::{failed, Refusal};
 use super::{status, Daemon};
 
 /// How long an allowed peer may take to send its request.
@@ -66,25 +73,22 @@ async fn handle(
         None
     };
     let response = match cred {
-        Err(e) => Response::Error {
-            message: format!("cannot identify the peer: {e}"),
-        },
+        Err(e) => Response::Error(Refusal::Unidentified(e).into()),
         Ok(cred) if !permitted => {
             let _ = read_request(&mut stream, timeout).await;
             warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control peer");
-            Response::Error {
-                message: format!(
-                    "permission denied: uid {} may not use hpk-netd (allowed_uids: {allowed:?})",
-                    cred.uid()
-                ),
-            }
+            Response::Error(
+                Refusal::NotPermitted {
+                    uid: cred.uid(),
+                    allowed: allowed.to_vec(),
+                }
+                .into(),
+            )
         }
-        Ok(_) if slot.is_none() => Response::Error {
-            message: format!("hpk-netd is busy ({MAX_CONNECTIONS} connections open); retry"),
-        },
+        Ok(_) if slot.is_none() => Response::Error(Refusal::Busy.into()),
         Ok(_) => match read_request(&mut stream, timeout).await {
             Ok(request) => dispatch(request, &daemon).await,
-            Err(message) => Response::Error { message },
+            Err(e) => Response::Error(e),
         },
     };
     let mut line = serde_json::to_vec(&response).expect("responses serialize");
@@ -93,65 +97,91 @@ async fn handle(
     stream.shutdown().await
 }
 
-/// Reads one request line; the error is the message to send back.
-async fn read_request(stream: &mut UnixStream, timeout: Duration) -> Result<Request, String> {
+/// Reads one request line, of this protocol's version.
+async fn read_request(stream: &mut UnixStream, timeout: Duration) -> Result<Request, ControlError> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
     match tokio::time::timeout(timeout, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => return Err(format!("no request within {timeout:?}")),
-        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
+        Err(_) => return Err(Refusal::NoRequest(timeout).into()),
+        Ok(Err(e)) => return Err(Refusal::Unreadable(e).into()),
         Ok(Ok(_)) => {}
     }
     if line.len() > MAX_REQUEST {
-        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        return Err(Refusal::TooLong.into());
     }
-    serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))
+    parse_request(&line)
 }
 
 async fn dispatch(request: Request, daemon: &Arc<Daemon>) -> Response {
-    let failed = |e: anyhow::Error| Response::Error {
-        message: format!("{e:#}"),
+    let op = match &request {
+        Request::Attach(_) => "attach",
+        Request::Detach { .. } => "detach",
+        Request::Status => "status",
     };
-    match request {
+    let response = match request {
         Request::Attach(req) => attach(daemon, req)
             .await
-            .map_or_else(failed, Response::Attached),
+            .map_or_else(Response::Error, Response::Attached),
         // The hook sends it at poststop; the log's `why` tells it from hpk-netd's own.
         Request::Detach { id } => {
             let detached = daemon.endpoints.detach(&id, "poststop");
             release(daemon, &id).await;
-            detached.map_or_else(failed, |was_attached| Response::Detached {
-                id,
-                was_attached,
-            })
+            match detached {
+                Ok(true) => Response::Detached {
+                    id,
+                    was_attached: true,
+                },
+                // Not attached, or already on its way out: the hook takes it as done.
+                Ok(false) => Response::Error(Refusal::NotAttached(id).into()),
+                Err(e) => Response::Error(failed(&e)),
+            }
         }
         // A netlink dump and a directory read: not on the async workers.
         Request::Status => {
             let daemon = daemon.clone();
             match tokio::task::spawn_blocking(move || status::status(&daemon)).await {
                 Ok(status) => Response::Status(Box::new(status)),
-                Err(e) => Response::Error {
-                    message: format!("status failed: {e}"),
-                },
+                Err(e) => Response::Error(ControlError::new(
+                    ErrorCode::Internal,
+                    format!("status failed: {e}"),
+                )),
+            }
+        }
+    };
+    if let Response::Error(e) = &response {
+        match e.code {
+            // Their answer sends the user to this log.
+            ErrorCode::Internal | ErrorCode::Unavailable => {
+                warn!(op, code = %e.code, error = e.message, "request failed")
+            }
+            // Every poststop of a container never attached (opted out, failed) gets it.
+            ErrorCode::NotFound => debug!(op, code = %e.code, error = e.message, "request refused"),
+            ErrorCode::BadRequest | ErrorCode::Conflict => {
+                info!(op, code = %e.code, error = e.message, "request refused")
             }
         }
     }
+    response
 }
 
 /// Attaches a container, registers its name and publishes its ports, all or nothing: a
 /// name taken elsewhere fails the attach before anything is built (from memory), or undoes
 /// it (when etcd says so first), as a port that cannot be bound does.
-async fn attach(daemon: &Daemon, req: AttachRequest) -> anyhow::Result<Attachment> {
+async fn attach(daemon: &Daemon, req: AttachRequest) -> Result<Attachment, ControlError> {
     let named = daemon.names.as_ref().zip(req.name.clone());
     if let Some((names, name)) = &named {
-        names.check(name, &req.id)?;
+        hpk_hook::names::validate(name).map_err(|e| ControlError::new(ErrorCode::BadRequest, e))?;
+        // It fails only when another container holds the name.
+        names
+            .check(name, &req.id)
+            .map_err(|e| ControlError::new(ErrorCode::Conflict, format!("{e:#}")))?;
     }
     let (id, ports) = (req.id.clone(), req.ports.clone());
-    let attachment = daemon.endpoints.attach(req).await?;
+    let attachment = daemon.endpoints.attach(req).await.map_err(|e| failed(&e))?;
     if let Some((names, name)) = named {
         if let Err(e) = names.claim(&name, &id, attachment.address).await {
             let _ = daemon.endpoints.detach(&id, "its name is taken");
-            return Err(e);
+            return Err(failed(&e));
         }
     }
     if let Err(e) = daemon.ports.publish(&id, attachment.address, &ports).await {
@@ -159,7 +189,7 @@ async fn attach(daemon: &Daemon, req: AttachRequest) -> anyhow::Result<Attachmen
             .endpoints
             .detach(&id, "a port could not be published");
         release(daemon, &id).await;
-        return Err(e);
+        return Err(failed(&e));
     }
     Ok(attachment)
 }
