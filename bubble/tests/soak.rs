@@ -189,7 +189,7 @@ fn three_bubbles_under_churn_and_kills() {
     }
     let (ok, failed) = transfers(&c);
     c.shell_ok(1, &["hpktainer", "rm", "--force", "stream"]);
-    // The echoes came back (finish waits for them); the loss is reported above.
+    // The echoes came back (finish waits for them).
     let (sent, lost) = pinger.finish(&c, 10);
     eprintln!(
         "soak: {round} rounds in {:.0} s; {started} starts, {} failed; etcd SIGKILLed {etcd_kills} times, \
@@ -200,6 +200,14 @@ fn three_bubbles_under_churn_and_kills() {
         lost.len(),
         runs(&lost)
     );
+
+    // Bubbles 1 and 3 were never touched: nothing between them may be lost.
+    assert!(
+        lost.is_empty(),
+        "pings lost between bubbles 1 and 3: {}",
+        runs(&lost)
+    );
+    assert_eq!(failed, 0, "transfers between bubbles 1 and 3 failed");
 
     for id in [3, 2, 1] {
         let (code, err) = c.stop_launcher(id, Signal::SIGTERM);

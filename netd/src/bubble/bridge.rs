@@ -20,7 +20,18 @@ pub fn enable_forwarding() -> Result<()> {
     })
 }
 
-/// Creates (or adopts) `name` with the gateway address and MTU, and brings it up.
+/// The bridge's MAC: `0a:58` and the gateway's address, like a container's.
+pub fn gateway_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    crate::endpoint::build::container_mac(gateway)
+}
+
+/// Creates (or adopts) `name` with the gateway address, MTU and MAC, and brings it up.
+///
+/// The MAC is set, derived from the gateway's address as the containers' are from theirs:
+/// a bridge whose MAC was never set takes the lowest MAC of its ports, so a container
+/// starting or stopping (its port's random MAC) would change the gateway's MAC under
+/// every other container, and each would send to the old one until its ARP entry
+/// expired: seconds of loss, again at every start.
 pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, subnet: Ipv4Net, mtu: u32) -> Result<u32> {
     let mut nl = Netlink::open()?;
     let link = match nl.link(name)? {
@@ -47,9 +58,9 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, subnet: Ipv4Net, mtu: u32) -
             mtu: Some(mtu),
             up: true,
             master: None,
-            address: None,
+            address: Some(gateway_mac(gateway)),
         },
     )
-    .with_context(|| format!("cannot set MTU {mtu} and bring {name:?} up"))?;
+    .with_context(|| format!("cannot set MTU {mtu} and the MAC of {name:?} and bring it up"))?;
     Ok(link.index)
 }
