@@ -13,9 +13,10 @@
 //! the server's to the controller's state directory; all are 0600 in 0700 directories.
 //!
 //! A controller restarted in place ([`create_or_keep`]) carries on with the files it
-//! finds, since the nodes hold certificates of that CA and no other, and the overlay key
-//! their hpk-netd read at their start: a new key would cut the overlay between bubbles
-//! that read it and bubbles that did not, until every hpk-netd restarted.
+//! finds, since the nodes hold certificates of that CA and no other. The overlay key is
+//! rotated: a new one, the old one kept on the file's second line. Every hpk-netd follows
+//! the file (opening both, sealing with the new one once all can open it), and a bubble
+//! started after the rotation opens what the others still seal with the old one.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -103,11 +104,12 @@ pub fn create_or_keep(
     if shared.iter().all(|p| p.is_file()) && server.cert.is_file() && server.key.is_file() {
         tracing::info!(
             dir = %client_dir.display(),
-            "carrying on with the cluster's CA, certificates and overlay key (the nodes hold them)"
+            "carrying on with the cluster's CA and certificates (the nodes hold them); the overlay key is rotated"
         );
         let key = client_dir.join(OVERLAY_KEY);
-        if !key.exists() {
-            ClusterKey::generate()?.write(&key)?;
+        match ClusterKey::load(&key) {
+            Ok(old) => ClusterKey::generate()?.write_rotated(&old, &key)?,
+            Err(_) => ClusterKey::generate()?.write(&key)?,
         }
         return Ok((client, server));
     }
@@ -258,10 +260,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A restarted controller keeps the CA, the certificates and the overlay key (the
-    /// nodes hold them); the shared files without the server's are refused.
+    /// A restarted controller keeps the CA and the certificates (the nodes hold them) and
+    /// rotates the overlay key, the old one kept second; the shared files without the
+    /// server's are refused.
     #[test]
-    fn a_restart_keeps_the_certificates_and_the_overlay_key() {
+    fn a_restart_keeps_the_certificates_and_rotates_the_overlay_key() {
         let dir = std::env::temp_dir().join(format!("hpk-pki-keep-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (shared, state) = (dir.join("shared"), dir.join("state"));
@@ -277,10 +280,20 @@ mod tests {
         assert_eq!((&client2, &server2), (&client, &server));
         assert_eq!(read(&client.ca), ca, "the CA is kept");
         assert_eq!(read(&server.cert), cert, "the server's certificate is kept");
+        let (current, previous) =
+            ClusterKey::load_with_previous(&shared.join(OVERLAY_KEY)).unwrap();
+        let old = String::from_utf8(key).unwrap();
+        let hex = |k: &ClusterKey| {
+            k.as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        assert_ne!(hex(&current), old.trim(), "a new key");
         assert_eq!(
-            read(&shared.join(OVERLAY_KEY)),
-            key,
-            "the overlay key is kept"
+            previous.as_ref().map(hex).as_deref(),
+            Some(old.trim()),
+            "the old one second"
         );
         std::fs::remove_dir_all(&state).unwrap();
         let e = format!("{:#}", create_or_keep(&shared, &state, ip).unwrap_err());

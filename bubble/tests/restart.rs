@@ -94,11 +94,13 @@ fn a_controller_restarted_in_place_carries_on_with_the_same_cluster() {
         ca,
         "same CA"
     );
-    assert_eq!(
-        std::fs::read(pki.join("overlay.key")).unwrap(),
-        key,
-        "the overlay key the nodes hold"
-    );
+    // The overlay key rotated: a new one first, the one the nodes hold second.
+    let rotated = String::from_utf8(std::fs::read(pki.join("overlay.key")).unwrap()).unwrap();
+    let old = String::from_utf8(key).unwrap();
+    let lines: Vec<&str> = rotated.lines().collect();
+    assert_eq!(lines.len(), 2, "{rotated}");
+    assert_ne!(lines[0], old.trim(), "a new key");
+    assert_eq!(lines[1], old.trim(), "the old one kept second");
 
     // A node started now holds the kept CA's certificate; the running nodes learn its
     // lease from the restarted etcd, so their watches came back.

@@ -424,7 +424,8 @@ impl EtcdSource {
             );
             return Ok(None);
         };
-        let keys = Keys::new(ClusterKey::load(path)?);
+        let (key, previous) = ClusterKey::load_with_previous(path)?;
+        let keys = Keys::with_previous(key, previous);
         let protection = if self.cfg.overlay_encrypt {
             Protection::Encrypt
         } else {

@@ -1,6 +1,8 @@
 //! The cluster's overlay key: 32 random bytes the controller's launcher writes beside the
-//! etcd PKI (hex, one line, 0600 in a 0700 directory) and every bubble's hpk-netd reads.
-//! Only the job's user can read it; whoever holds it can speak on the overlay.
+//! etcd PKI (hex, 0600 in a 0700 directory) and every bubble's hpk-netd reads. Only the
+//! job's user can read it; whoever holds it can speak on the overlay. A rotated file holds
+//! the previous key on a second line: an hpk-netd started after the rotation still opens
+//! what its peers seal with the previous key until they have followed.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -48,8 +50,21 @@ impl ClusterKey {
         write_atomically(path, text.as_bytes(), 0o600, true)
     }
 
-    /// Reads a key written by [`ClusterKey::write`]; refuses a file others may read or write.
+    /// Writes `self` as the current key and `previous` after it (a rotation).
+    pub fn write_rotated(&self, previous: &ClusterKey, path: &Path) -> Result<()> {
+        let hex = |k: &ClusterKey| k.0.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let text = format!("{}\n{}\n", hex(self), hex(previous));
+        write_atomically(path, text.as_bytes(), 0o600, true)
+    }
+
+    /// Reads the current key of a key file; see [`ClusterKey::load_with_previous`].
     pub fn load(path: &Path) -> Result<ClusterKey> {
+        Ok(Self::load_with_previous(path)?.0)
+    }
+
+    /// Reads a key file: the current key and, after a rotation, the previous one; refuses
+    /// a file others may read or write.
+    pub fn load_with_previous(path: &Path) -> Result<(ClusterKey, Option<ClusterKey>)> {
         let meta = std::fs::metadata(path).with_context(|| {
             format!(
                 "cannot read the overlay key {}: the controller bubble writes it beside the \
@@ -67,13 +82,24 @@ impl ClusterKey {
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the overlay key {}", path.display()))?;
-        Self::parse(text.trim()).with_context(|| {
+        let bad = || {
             format!(
-                "{} is no overlay key ({} hex digits expected)",
+                "{} is no overlay key ({} hex digits expected, then the previous key's)",
                 path.display(),
                 2 * LEN
             )
-        })
+        };
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let current = Self::parse(lines.next().unwrap_or("")).with_context(bad)?;
+        let previous = lines
+            .next()
+            .map(Self::parse)
+            .transpose()
+            .with_context(bad)?;
+        if lines.next().is_some() {
+            bail!("{}", bad());
+        }
+        Ok((current, previous))
     }
 
     fn parse(hex: &str) -> Result<ClusterKey> {
@@ -110,6 +136,10 @@ mod tests {
         let e = format!("{:#}", ClusterKey::load(&path).unwrap_err());
         assert!(e.contains("no overlay key"), "{e}");
         assert!(format!("{key:?}").contains(".."), "never printed");
+        let next = ClusterKey::generate().unwrap();
+        next.write_rotated(&key, &path).unwrap();
+        let (current, previous) = ClusterKey::load_with_previous(&path).unwrap();
+        assert_eq!((current.0, previous.map(|k| k.0)), (next.0, Some(key.0)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -30,11 +30,16 @@ struct Held {
 
 impl Keys {
     pub fn new(key: ClusterKey) -> Arc<Keys> {
+        Self::with_previous(key, None)
+    }
+
+    /// The keys of a rotated key file: `previous` still opens.
+    pub fn with_previous(key: ClusterKey, previous: Option<ClusterKey>) -> Arc<Keys> {
         Arc::new(Keys {
             generation: AtomicU64::new(0),
             held: RwLock::new(Held {
                 current: key,
-                previous: None,
+                previous,
             }),
         })
     }
@@ -56,15 +61,15 @@ impl Keys {
             .collect()
     }
 
-    /// Makes `key` the current one (the current one becomes the previous); false if it
-    /// already is.
-    pub fn replace(&self, key: ClusterKey) -> bool {
+    /// Makes `key` the current one (the current one becomes the previous, unless the file
+    /// names another); false if it already is.
+    pub fn replace(&self, key: ClusterKey, previous: Option<ClusterKey>) -> bool {
         let mut held = self.held.write().unwrap();
         if held.current.as_bytes() == key.as_bytes() {
             return false;
         }
         let old = std::mem::replace(&mut held.current, key);
-        held.previous = Some(old);
+        held.previous = Some(previous.unwrap_or(old));
         self.generation.fetch_add(1, Ordering::AcqRel);
         true
     }
@@ -77,10 +82,10 @@ pub async fn watch(path: PathBuf, keys: Arc<Keys>) {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let p = path.clone();
-        match tokio::task::spawn_blocking(move || ClusterKey::load(&p)).await {
-            Ok(Ok(key)) => {
+        match tokio::task::spawn_blocking(move || ClusterKey::load_with_previous(&p)).await {
+            Ok(Ok((key, previous))) => {
                 last_error.clear();
-                if keys.replace(key) {
+                if keys.replace(key, previous) {
                     info!(path = %path.display(), "the overlay key changed: sealing with the new one, still opening the previous");
                 }
             }
@@ -105,9 +110,9 @@ mod tests {
         let a = ClusterKey::from_bytes([1; 32]);
         let b = ClusterKey::from_bytes([2; 32]);
         let keys = Keys::new(a.clone());
-        assert!(!keys.replace(a.clone()), "the same key is no change");
+        assert!(!keys.replace(a.clone(), None), "the same key is no change");
         assert_eq!(keys.generation(), 0);
-        assert!(keys.replace(b.clone()));
+        assert!(keys.replace(b.clone(), None));
         assert_eq!(keys.generation(), 1);
         assert_eq!(keys.current().as_bytes(), b.as_bytes());
         let open: Vec<_> = keys.to_open().iter().map(|k| *k.as_bytes()).collect();

@@ -360,7 +360,7 @@ mod tests {
         let mut o = Opener::new(keys.clone());
         let mut old = Sealer::new(&a, A, 1, Protection::Encrypt);
         assert!(open(&mut o, A, sealed(&mut old, &datagram(b"1"))).is_ok());
-        keys.replace(b.clone());
+        keys.replace(b.clone(), None);
         // A peer that has not noticed yet goes on, even with a new start.
         assert!(open(&mut o, A, sealed(&mut old, &datagram(b"2"))).is_ok());
         let mut restarted = Sealer::new(&a, A, 2, Protection::Encrypt);
