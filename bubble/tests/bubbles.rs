@@ -222,7 +222,7 @@ fn containers_talk_across_slirp4netns_and_pasta_bubbles() {
         );
         assert_eq!(u["counters"]["drop_unknown_sender"], 0, "bubble {id}: {u}");
         // Sealed with the cluster's key, which the controller wrote beside its PKI.
-        assert_eq!(u["protection"], "authenticate", "bubble {id}: {u}");
+        assert_eq!(u["protection"], "encrypt", "bubble {id}: {u}");
         assert!(u["counters"]["rx_authenticated"].as_u64().unwrap() > 0);
         for p in status["peers"].as_array().unwrap() {
             assert_eq!(p["datagrams"], "sealed", "bubble {id}: {p}");

@@ -153,7 +153,11 @@ fn a_sealed_overlay_takes_nothing_forged_replayed_or_from_another_port() {
     for h in [h0, h1] {
         let status = h.netd().status();
         let u = status.underlay.as_ref().unwrap();
-        assert_eq!(u.protection.as_deref(), Some("authenticate"), "{u:?}");
+        assert_eq!(
+            u.protection.as_deref(),
+            Some("encrypt"),
+            "the default: {u:?}"
+        );
         assert_eq!(status.peers[0].datagrams.as_deref(), Some("sealed"));
         assert!(u.counters["tx_sealed"] > 0 && u.counters["rx_authenticated"] > 0);
     }
@@ -245,8 +249,8 @@ fn a_sealed_overlay_takes_nothing_forged_replayed_or_from_another_port() {
 fn encryption_hides_the_frames_on_the_wire_and_authentication_does_not() {
     const KNOWN: &[u8] = b"a known payload that must not cross the LAN in the clear";
     for (extra, protection, visible) in [
-        (&[][..], "authenticate", true),
-        (&["--overlay-encrypt", "true"][..], "encrypt", false),
+        (&["--overlay-encrypt", "false"][..], "authenticate", true),
+        (&[][..], "encrypt", false),
     ] {
         let (cl, _servers) = keyed_cluster(2, extra);
         let cs = cl.containers(2);

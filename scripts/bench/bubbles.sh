@@ -4,8 +4,8 @@
 # seconds per GB moved, UDP receive-buffer drops on the receiving host) for each underlay:
 # flannel's kernel vxlan forwarded by slirp4netns or by pasta, and hpk-netd's userspace
 # vxlan on a host socket, plain (a plain-HTTP cluster has no overlay key), authenticated
-# (the default) and encrypted (HPK_NETD_OVERLAY_ENCRYPT=true); next to host to host on the
-# same LAN in the same run. BENCH_MODES picks rows: UPLINK/UNDERLAY[/plain|/encrypt].
+# only (HPK_NETD_OVERLAY_ENCRYPT=false) and encrypted (the default); next to host to host
+# on the same LAN in the same run. BENCH_MODES picks rows: UPLINK/UNDERLAY[/plain|/auth].
 # Runs the simulated Slurm of scripts/sim-slurm.sh; needs root and binaries.
 set -euo pipefail
 
@@ -68,12 +68,12 @@ h2h=$(echo "$h2h_json" | bps)
 h2h_rtt=$(nsenter --net="/run/netns/hpksim-h1" ping -c 20 -i 0.05 192.0.2.13 | rtt)
 row "host to host (LAN, veth)" "$h2h" "1" "$h2h_rtt" "$(per_gb "$cpu0" "$cpu1" "$(echo "$h2h_json" | received)")" "-" "-"
 
-for mode in ${BENCH_MODES:-slirp4netns/kernel pasta/kernel pasta/host-socket/plain pasta/host-socket pasta/host-socket/encrypt}; do
+for mode in ${BENCH_MODES:-slirp4netns/kernel pasta/kernel pasta/host-socket/plain pasta/host-socket/auth pasta/host-socket}; do
     IFS=/ read -r uplink underlay seal <<<"$mode"
     case "${seal:-}" in
         plain) settings=(HPK_ETCD_PLAIN_HTTP=true) protection=plain ;;
-        encrypt) settings=(HPK_NETD_OVERLAY_ENCRYPT=true) protection=encrypt ;;
-        *) settings=() protection=authenticate ;;
+        auth) settings=(HPK_NETD_OVERLAY_ENCRYPT=false) protection=authenticate ;;
+        *) settings=() protection=encrypt ;;
     esac
     [ "$underlay" = host-socket ] || protection=""
     name=$uplink-$underlay${seal:+-$seal}

@@ -42,8 +42,8 @@ flags() {
     case $1 in
     kernel) echo "--underlay kernel" ;;
     userspace) echo "--underlay userspace" ;;
-    userspace-auth) echo "--underlay userspace --overlay-key $dir/overlay.key" ;;
-    userspace-encrypt) echo "--underlay userspace --overlay-key $dir/overlay.key --overlay-encrypt true" ;;
+    userspace-auth) echo "--underlay userspace --overlay-key $dir/overlay.key --overlay-encrypt false" ;;
+    userspace-encrypt) echo "--underlay userspace --overlay-key $dir/overlay.key" ;;
     *) echo "unknown mode $1" >&2; exit 2 ;;
     esac
 }

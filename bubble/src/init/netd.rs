@@ -1,8 +1,8 @@
 //! hpk-netd in the bubble: its etcd agent leases the bubble's subnet; vxlan leaves on the
 //! host socket the launcher serves (or, kernel underlay, from the host's address as a /32
 //! on the uplink); the overlay MTU follows the host's link. On the host socket, datagrams
-//! between bubbles are sealed with the cluster's overlay key (beside the etcd PKI);
-//! `HPK_NETD_OVERLAY_ENCRYPT=true` in the job's environment encrypts them too.
+//! between bubbles are sealed (encrypted) with the cluster's overlay key (beside the etcd
+//! PKI); `HPK_NETD_OVERLAY_ENCRYPT=false` in the job's environment only authenticates them.
 
 use std::path::Path;
 use std::process::Command;

@@ -121,7 +121,9 @@ pub struct RunArgs {
     /// with keys derived from it; unset: plain flannel vxlan (source etcd, host socket).
     #[arg(long, env = "HPK_NETD_OVERLAY_KEY", value_name = "PATH")]
     overlay_key: Option<String>,
-    /// Encrypt the overlay's frames too, not only authenticate them (needs --overlay-key).
+    /// Encrypt the overlay's frames (the default with --overlay-key), or only authenticate
+    /// them (false: frames readable on the wire, and slower: AES-GCM's associated data
+    /// path is, see docs/overlay-security.md).
     #[arg(long, env = "HPK_NETD_OVERLAY_ENCRYPT", value_name = "BOOL")]
     overlay_encrypt: Option<bool>,
     /// UNIX socket where the bubble's launcher binds published ports on the host; unset:
@@ -190,7 +192,7 @@ impl RunArgs {
         set!(subnet.etcd.underlay <- self.underlay);
         set!(subnet.etcd.underlay_socket <- self.underlay_socket);
         set!(subnet.etcd.overlay_key <- self.overlay_key);
-        set!(subnet.etcd.overlay_encrypt <- self.overlay_encrypt);
+        set!(subnet.etcd.overlay_encrypt <- self.overlay_encrypt.map(Some));
         set!(ports_socket <- self.ports_socket);
         set!(names.enabled <- self.names);
         set!(names.domain <- self.names_domain);

@@ -87,8 +87,8 @@ pub struct EtcdConfig {
     pub underlay_socket: String,
     /// The cluster's overlay key: datagrams between hpk-netd VTEPs are sealed with it.
     pub overlay_key: String,
-    /// Encrypt the frames as well as authenticate them.
-    pub overlay_encrypt: bool,
+    /// Encrypt the frames as well as authenticate them; unset: yes, when there is a key.
+    pub overlay_encrypt: Option<bool>,
 }
 
 impl Default for EtcdConfig {
@@ -107,7 +107,7 @@ impl Default for EtcdConfig {
             underlay: UnderlayKind::Auto,
             underlay_socket: String::new(),
             overlay_key: String::new(),
-            overlay_encrypt: false,
+            overlay_encrypt: None,
         }
     }
 }
@@ -146,7 +146,7 @@ impl EtcdConfig {
             ),
             (_, path) => Some(crate::subnet::etcd::VtepSocket::Served(PathBuf::from(path))),
         };
-        if self.overlay_encrypt && self.overlay_key.is_empty() {
+        if self.overlay_encrypt.is_some() && self.overlay_key.is_empty() {
             bail!(
                 "subnet.etcd.overlay_encrypt needs overlay_key: the cluster's key file (a \
                  bubble cluster's controller writes it as SHARED_DIR/pki/overlay.key)"
@@ -178,7 +178,7 @@ impl EtcdConfig {
             underlay_mtu: (self.underlay_mtu != 0).then_some(self.underlay_mtu),
             userspace,
             overlay_key: opt(&self.overlay_key),
-            overlay_encrypt: self.overlay_encrypt,
+            overlay_encrypt: self.overlay_encrypt.unwrap_or(true),
             subnet_file: subnet_file.to_path_buf(),
         })
     }
