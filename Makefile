@@ -24,7 +24,8 @@ help:
 	@echo "make man       write man/ anew from the command lines (a test checks it is current)"
 	@echo "make bench     benchmarks: figures next to a veth pair"
 	@echo "make fuzz      every parser of outside input fuzzed for FUZZ_SECS (60) seconds each"
-	@echo "make soak      SOAK_CYCLES (1000) container cycles, with hpk-netd and etcd killed meanwhile"
+	@echo "make soak      SOAK_CYCLES (1000) container cycles, with hpk-netd and etcd killed meanwhile;"
+	@echo "               then three bubbles for BUBBLE_SOAK_SECS (1800) with faults"
 
 deps:
 	scripts/install-deps.sh
@@ -77,6 +78,8 @@ bench: binaries
 	scripts/bench/names.sh
 	scripts/bench/mpi.sh
 
+BUBBLE_SOAK_SECS ?= 1800
+
 # Each target FUZZ_SECS seconds, optimised (the fuzz profile), one at a time.
 FUZZ_SECS ?= 60
 fuzz:
@@ -92,6 +95,10 @@ soak:
 	set -o pipefail; HPK_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --locked -p hpk-netd --test soak \
 		-- --nocapture --test-threads=1 2>&1 | tee target/soak.log
 	set -o pipefail; HPK_SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --locked -p hpktainer --test churn \
+		-- --nocapture 2>&1 | tee -a target/soak.log
+	# Three bubbles for BUBBLE_SOAK_SECS (1800): pings and transfers between two of them
+	# while containers churn everywhere, etcd and the third bubble are killed.
+	set -o pipefail; HPK_BUBBLE_SOAK_SECS=$(BUBBLE_SOAK_SECS) $(CARGO) test --locked -p hpk-bubble --test soak \
 		-- --nocapture 2>&1 | tee -a target/soak.log
 	@grep -o 'soak [a-z ]*:.*' target/soak.log
 
