@@ -204,19 +204,33 @@ fn garbled_values_change_nothing_for_valid_peers() {
     let free: Vec<String> = (200..255)
         .map(|n| format!("10.244.{n}.0/24"))
         .filter(|s| !taken.contains(s))
-        .take(2)
+        .take(3)
         .collect();
     let key = |s: &str| format!("{PREFIX}/subnets/{}", s.replace('/', "-"));
     cl.etcd.put(&key(&free[0]), "{not json");
     cl.etcd.put(&key(&free[1]), r#"{"PublicIP":"192.0.2.99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"nope"}}"#);
     cl.etcd.put(&format!("{PREFIX}/subnets/garbage"), "x");
+    // A lease of another backend, and a valid vxlan lease over every subnet (ours too).
+    cl.etcd.put(
+        &key(&free[2]),
+        r#"{"PublicIP":"192.0.2.98","BackendType":"udp","BackendData":null}"#,
+    );
+    cl.etcd.put(
+        &key("10.244.0.0/16"),
+        r#"{"PublicIP":"192.0.2.97","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:68:c0:00:02:61"}}"#,
+    );
     let s1 = cl.hosts[1].subnet();
     let h0 = &cl.hosts[0];
     wait_until("the garbage to be seen", Duration::from_secs(10), || {
-        h0.netd().log().contains("ignoring a garbled lease")
+        let log = h0.netd().log();
+        log.contains("ignoring a garbled lease")
+            && log.contains("ignoring a lease of another backend")
+            && log.contains("ignoring a lease that is none of this network's subnets")
     });
     assert!(h0.routes_to(&s1), "a valid peer's route was dropped");
-    assert!(!h0.routes_to(&free[0]) && !h0.routes_to(&free[1]));
+    for s in [&free[0], &free[1], &free[2], "10.244.0.0/16"] {
+        assert!(!h0.routes_to(s), "routed {s}");
+    }
     assert!(ping(&c0, a1), "traffic to a valid peer stopped");
     assert_eq!(h0.netd().status().peers.len(), 1);
 }

@@ -207,13 +207,16 @@ impl<S: LeaseStore> LeaseManager<S> {
             return None;
         }
         if !self.net.routable(subnet, self.subnet) {
-            warn!(key, subnet = %subnet, network = %self.net.network, "ignoring a lease outside this network's subnets");
+            warn!(key, subnet = %subnet, network = %self.net.network, "ignoring a lease that is none of this network's subnets (outside it, of another size, or over ours); routes stay");
             return None;
         }
         match parse_lease(subnet, value) {
             Ok(Parsed::Vxlan(peer)) => Some(peer),
             Ok(Parsed::OtherBackend(kind)) => {
-                debug!(key, kind, "ignoring a lease of another backend");
+                info!(
+                    key,
+                    kind, "ignoring a lease of another backend; routes stay"
+                );
                 None
             }
             Err(e) => {
