@@ -340,7 +340,9 @@ fn overlay_keys_that_cannot_be_used_are_refused_with_the_way_out() {
 
 #[test]
 fn a_rotated_key_is_taken_up_without_losing_a_ping() {
-    let key = std::env::temp_dir().join(format!("hpk-overlay-{}-rotated.key", std::process::id()));
+    // Removed with the scratch directory even if the test fails half-way.
+    let scratch = Scratch::new(&format!("hpk-overlay-{}-rotated", std::process::id()));
+    let key = scratch.0.join("overlay.key");
     let old = ClusterKey::generate().unwrap();
     old.write(&key).unwrap();
     let (cl, _servers) = userspace_cluster(2, &["--overlay-key", key.to_str().unwrap()]);
@@ -389,5 +391,4 @@ fn a_rotated_key_is_taken_up_without_losing_a_ping() {
             !captured.is_empty() && opens(&new) && !opens(&old)
         },
     );
-    std::fs::remove_file(&key).unwrap();
 }
