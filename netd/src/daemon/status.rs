@@ -122,7 +122,9 @@ fn datagrams(vtep: Option<&Vtep>, peer: &Peer) -> Option<String> {
     };
     Some(match (peer.hpk, u.protection) {
         (Some(h), Some(_)) if h.sealed => "sealed".into(),
-        (Some(h), None) if h.sealed => "unreachable: it seals, this node has no overlay key".into(),
+        (Some(h), None) if h.sealed => {
+            "unreachable: it seals, this node has no overlay key (give hpk-netd the cluster's: --overlay-key)".into()
+        },
         (Some(_), _) => "plain: an hpk-netd VTEP without the overlay key".into(),
         (None, _) => "plain: a kernel flannel VTEP (any port, no key)".into(),
     })
